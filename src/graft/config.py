@@ -1,0 +1,286 @@
+"""Run configuration: one frozen dataclass per component, composed into :class:`RunConfig`.
+
+Field metadata feeds the CLI: ``help`` is the option's help text and ``flag`` its name when it is not
+``--field-name``, so the CLI never offers an option the config lacks. Validation happens in
+``__post_init__``, at the boundary. This module must not import torch (``graft --help`` stays fast).
+
+Example:
+    >>> cfg = RunConfig(strategy=StrategyConfig(kind="partial", unfreeze_top=2))
+    >>> RunConfig.from_dict(cfg.to_dict()) == cfg
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from graft.errors import ConfigError
+
+TaskKind = Literal["auto", "multiclass", "multilabel", "regression"]
+StrategyKind = Literal["auto", "linear_probe", "partial", "full"]
+Precision = Literal["auto", "no", "fp16", "bf16"]
+
+
+def _help(text: str, flag: str | None = None, **extra: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {"help": text}
+    if flag:
+        meta["flag"] = flag
+    meta.update(extra)
+    return meta
+
+
+def _check_fraction(name: str, value: float, low: float = 0.0, high: float = 0.9) -> None:
+    if not (low <= value <= high):
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How to read labeled data and how to split it."""
+
+    text_col: str | None = field(
+        default=None, metadata=_help("column holding the text (name, or 0-based index without a header)")
+    )
+    label_col: str | None = field(
+        default=None, metadata=_help("column holding the label (name, or 0-based index without a header)")
+    )
+    task: TaskKind = field(
+        default="auto", metadata=_help("multiclass, multilabel or regression; auto infers it from the labels")
+    )
+    label_sep: str | None = field(
+        default=None, metadata=_help("delimiter between labels of one row, for multilabel data (e.g. '|')")
+    )
+    header: Literal["auto", "yes", "no"] = field(
+        default="auto", metadata=_help("whether a CSV/TSV file starts with a header row")
+    )
+    encoding: str | None = field(
+        default=None,
+        metadata=_help("text encoding of the file; default UTF-8 with a cp1252 fallback (with a warning)"),
+    )
+    val: str | None = field(
+        default=None, metadata=_help("separate validation file (otherwise split from the training data)")
+    )
+    test: str | None = field(
+        default=None, metadata=_help("separate test file (otherwise a stratified split is held out)")
+    )
+    val_fraction: float = field(
+        default=0.15, metadata=_help("fraction of the training data held out for validation")
+    )
+    test_fraction: float = field(default=0.2, metadata=_help("fraction of the data held out for testing"))
+
+    def __post_init__(self) -> None:
+        _check_fraction("val_fraction", self.val_fraction, 0.01)
+        _check_fraction("test_fraction", self.test_fraction, 0.01)
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ConfigError(
+                f"val_fraction + test_fraction must leave data to train on; got "
+                f"{self.val_fraction} + {self.test_fraction}"
+            )
+        if self.label_sep == "":
+            raise ConfigError("label_sep must not be empty; leave it unset for single-label data")
+        if self.label_sep is not None and self.task not in ("auto", "multilabel"):
+            raise ConfigError(f"label_sep splits multilabel targets but task is {self.task!r}")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Which pretrained network to start from."""
+
+    source: str = field(
+        default="minilm",
+        metadata=_help(
+            "pretrained backbone: minilm (packaged all-MiniLM-L6-v2) or hf:<hub-id-or-local-folder>",
+            flag="--backbone",
+        ),
+    )
+    max_length: int | None = field(
+        default=None, metadata=_help("maximum tokens per text (default: the backbone's own limit)")
+    )
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            raise ConfigError("backbone source must not be empty; try 'minilm'")
+        if self.max_length is not None and self.max_length < 2:
+            raise ConfigError(f"max_length must be at least 2, got {self.max_length}")
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    """Which layer groups train, and how (see docs/strategies.md)."""
+
+    kind: StrategyKind = field(
+        default="auto",
+        metadata=_help(
+            "linear_probe (frozen backbone, cached features), partial (top layer groups + head), "
+            "full, or auto (chosen from examples per class)",
+            flag="--strategy",
+        ),
+    )
+    unfreeze_top: int | None = field(
+        default=None, metadata=_help("for partial: layer groups to train, counted from the top (default 2)")
+    )
+    layer_lr_decay: float = field(
+        default=1.0, metadata=_help("per-group learning-rate multiplier going down the network (e.g. 0.8)")
+    )
+
+    def __post_init__(self) -> None:
+        if self.unfreeze_top is not None:
+            if self.kind not in ("partial", "auto"):
+                raise ConfigError(f"unfreeze_top applies to the partial strategy, not {self.kind!r}")
+            if self.unfreeze_top < 1:
+                raise ConfigError(f"unfreeze_top must be >= 1, got {self.unfreeze_top}")
+        if not (0.0 < self.layer_lr_decay <= 1.0):
+            raise ConfigError(f"layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop's settings."""
+
+    epochs: int = field(default=4, metadata=_help("maximum epochs of fine-tuning"))
+    batch_size: int = field(default=32, metadata=_help("examples per optimisation step"))
+    lr: float = field(default=5e-5, metadata=_help("peak learning rate of the backbone's trainable groups"))
+    head_lr: float = field(default=1e-3, metadata=_help("peak learning rate of the new head"))
+    weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay (not on biases and norms)"))
+    warmup_ratio: float = field(default=0.1, metadata=_help("fraction of steps of linear warm-up"))
+    grad_clip: float | None = field(default=1.0, metadata=_help("clip gradients to this global norm"))
+    grad_accum: int = field(default=1, metadata=_help("gradient accumulation steps"))
+    patience: int = field(
+        default=2, metadata=_help("stop after this many epochs without validation improvement")
+    )
+    mixed_precision: Precision = field(
+        default="auto", metadata=_help("auto (bf16 on CUDA when supported), no, fp16 or bf16")
+    )
+    seed: int = field(default=0, metadata=_help("random seed for splits, initialisation and shuffling"))
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "head_lr"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check_fraction("warmup_ratio", self.warmup_ratio, 0.0, 0.5)
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"grad_clip must be > 0 (or unset), got {self.grad_clip}")
+        if self.patience < 1:
+            raise ConfigError(f"patience must be >= 1, got {self.patience}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one ``fit`` needs, as saved in ``<run>/config.yaml``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> RunConfig:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(sections))
+        if unknown:
+            raise ConfigError(f"{source}: unknown section(s) {unknown}; expected {sorted(sections)}")
+        built = {}
+        for name, value in raw.items():
+            section_cls = _section_class(sections[name])
+            built[name] = _build_section(section_cls, value or {}, f"{source}: {name}")
+        return cls(**built)
+
+    def to_yaml(self, path: str | Path) -> None:
+        import yaml
+
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> RunConfig:
+        import yaml
+
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        return cls.from_dict(raw or {}, source=str(path))
+
+    def replace(self, section: str, **changes: Any) -> RunConfig:
+        """A copy with some fields of one section changed (validated again)."""
+        current = getattr(self, section)
+        return dataclasses.replace(self, **{section: dataclasses.replace(current, **changes)})
+
+
+def _section_class(f: dataclasses.Field) -> type:
+    hints = typing.get_type_hints(RunConfig)
+    return hints[f.name]
+
+
+def _build_section(section_cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    names = {f.name for f in dataclasses.fields(section_cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; expected some of {sorted(names)}")
+    hints = typing.get_type_hints(section_cls)
+    for key, value in values.items():
+        _check_type(f"{where}.{key}", hints[key], value)
+    return section_cls(**values)
+
+
+def _check_type(where: str, hint: Any, value: Any) -> None:
+    """Reject YAML values of the wrong kind early, with the field's name."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return
+        if typing.get_origin(option) is Literal and value in typing.get_args(option):
+            return
+        if option is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if option is str and isinstance(value, str):
+            return
+        if option is bool and isinstance(value, bool):
+            return
+    raise ConfigError(f"{where}: {value!r} is not a valid value (expected {_describe(hint)})")
+
+
+def _describe(hint: Any) -> str:
+    parts = []
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) else (hint,)
+    for option in options:
+        if typing.get_origin(option) is Literal:
+            parts.append(" | ".join(repr(v) for v in typing.get_args(option)))
+        elif option is type(None):
+            parts.append("null")
+        else:
+            parts.append(getattr(option, "__name__", str(option)))
+    return " | ".join(parts)
+
+
+_UnionType = type(int | None)
+
+
+def cli_fields(section_cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    """(field, resolved type hint) pairs of a section, for building CLI options."""
+    hints = typing.get_type_hints(section_cls)
+    return [(f, hints[f.name]) for f in dataclasses.fields(section_cls) if "help" in f.metadata]
+
+
+def flag_for(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")

@@ -1,0 +1,376 @@
+"""The :class:`Dataset` type: validated examples, encoded targets and the label space.
+
+Building a dataset collects every problem (empty text, missing or unusable label, a class too small
+to both train and evaluate on) and raises once, naming the rows. Duplicates are not errors: they are
+counted and reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from graft.errors import DataError, format_problems
+
+TASKS = ("multiclass", "multilabel", "regression")
+# Integer labels with more distinct values than this are taken as a regression target under task=auto.
+MAX_AUTO_CLASSES = 50
+
+
+@dataclass
+class DataReport:
+    """What reading the data found that is worth telling the user (not errors)."""
+
+    n_rows: int = 0
+    duplicates: int = 0
+    conflicting_duplicates: int = 0
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{self.n_rows} rows"]
+        if self.duplicates:
+            dup = f"{self.duplicates} duplicate texts"
+            if self.conflicting_duplicates:
+                dup += f" ({self.conflicting_duplicates} with a different label than an earlier copy)"
+            parts.append(dup)
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_rows": self.n_rows,
+            "duplicates": self.duplicates,
+            "conflicting_duplicates": self.conflicting_duplicates,
+            "warnings": list(self.warnings),
+            "notes": list(self.notes),
+        }
+
+
+@dataclass
+class Dataset:
+    """Labeled examples of one modality.
+
+    Attributes:
+        modality: input type of the examples ("text").
+        examples: the inputs, one per row.
+        targets: encoded targets: class ids (multiclass, int64), a 0/1 matrix (multilabel, float32)
+            or values (regression, float32).
+        task: "multiclass", "multilabel" or "regression".
+        label_space: class names in id order (empty for regression).
+        source: where the data came from, for messages.
+        rows: the source row of each example (file line number, or list index), for messages.
+        text_col / label_col: the columns the data was read from, when it came from a table.
+        report: duplicates and warnings found while reading.
+    """
+
+    modality: str
+    examples: list[Any]
+    targets: np.ndarray
+    task: str
+    label_space: tuple[Any, ...]
+    source: str = "<data>"
+    rows: list[int] = field(default_factory=list)
+    text_col: str | None = None
+    label_col: str | None = None
+    report: DataReport = field(default_factory=DataReport)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def subset(self, indices: np.ndarray | list[int], source: str | None = None) -> Dataset:
+        idx = np.asarray(indices, dtype=np.int64)
+        return Dataset(
+            modality=self.modality,
+            examples=[self.examples[i] for i in idx],
+            targets=self.targets[idx],
+            task=self.task,
+            label_space=self.label_space,
+            source=source or self.source,
+            rows=[self.rows[i] for i in idx] if self.rows else [],
+            text_col=self.text_col,
+            label_col=self.label_col,
+            report=DataReport(n_rows=len(idx)),
+        )
+
+    def class_counts(self) -> dict[Any, int]:
+        """Examples per class (per label for multilabel); empty for regression."""
+        if self.task == "multiclass":
+            counts = np.bincount(self.targets, minlength=len(self.label_space))
+        elif self.task == "multilabel":
+            counts = self.targets.sum(axis=0).astype(int)
+        else:
+            return {}
+        return {name: int(c) for name, c in zip(self.label_space, counts, strict=True)}
+
+    def fingerprint(self) -> str:
+        """sha256 over the examples and targets: identifies this exact data in caches and provenance."""
+        h = hashlib.sha256()
+        h.update(f"{self.task}|{json.dumps(list(self.label_space), default=str)}".encode())
+        h.update(self.examples_fingerprint().encode())
+        h.update(np.ascontiguousarray(self.targets).tobytes())
+        return h.hexdigest()
+
+    def examples_fingerprint(self) -> str:
+        """sha256 over the examples only (features do not depend on labels)."""
+        return examples_fingerprint(self.modality, self.examples)
+
+    def decode(self, targets: np.ndarray) -> list[Any]:
+        """Encoded targets back to user-facing labels."""
+        if self.task == "multiclass":
+            return [self.label_space[int(t)] for t in targets]
+        if self.task == "multilabel":
+            return [[self.label_space[j] for j in np.flatnonzero(row)] for row in targets]
+        return [float(t) for t in targets]
+
+
+def examples_fingerprint(modality: str, examples: list[Any]) -> str:
+    """sha256 identifying a list of inputs (length-prefixed, so boundaries count)."""
+    h = hashlib.sha256(modality.encode())
+    for example in examples:
+        data = str(example).encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def row_name(row: int, source_is_file: bool) -> str:
+    return f"line {row}" if source_is_file else f"row {row}"
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def _as_number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float | np.integer | np.floating):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def normalize_label(value: Any) -> Any:
+    """One label as stored in the label space: integer-like strings become ints, others stay strings.
+
+    CSV gives "1" where JSON gives 1; both must mean the same class.
+    """
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("-").isdigit():
+            return int(text)
+        return text
+    return str(value)
+
+
+def _sort_key(label: Any) -> tuple[int, Any]:
+    return (0, label) if isinstance(label, int) else (1, str(label))
+
+
+def infer_task(labels: list[Any], label_sep: str | None) -> tuple[str, str]:
+    """The task implied by the raw labels, and a sentence saying why (shown to the user)."""
+    present = [v for v in labels if not _is_missing(v) and not (isinstance(v, list) and not v)]
+    if label_sep is not None:
+        return "multilabel", f"labels split on {label_sep!r}"
+    if any(isinstance(v, list | tuple) for v in present):
+        return "multilabel", "labels are lists"
+    numbers = [_as_number(v) for v in present]
+    if present and all(n is not None for n in numbers):
+        if any(not float(n).is_integer() for n in numbers):
+            return "regression", "labels are non-integer numbers"
+        distinct = len(set(numbers))
+        if distinct > MAX_AUTO_CLASSES:
+            return "regression", (
+                f"labels are integers with {distinct} distinct values; pass --task multiclass to treat "
+                "them as classes"
+            )
+    return "multiclass", "labels are categories"
+
+
+def build_dataset(
+    examples: list[Any],
+    raw_labels: list[Any],
+    *,
+    task: str = "auto",
+    label_sep: str | None = None,
+    label_space: tuple[Any, ...] | None = None,
+    source: str = "<data>",
+    rows: list[int] | None = None,
+    source_is_file: bool = False,
+    modality: str = "text",
+    text_col: str | None = None,
+    label_col: str | None = None,
+    report: DataReport | None = None,
+    require_min_per_class: bool = True,
+) -> Dataset:
+    """Validate examples and labels and encode the targets.
+
+    Args:
+        examples: inputs (texts).
+        raw_labels: one label per example: a category, a number, a list of categories, or a string
+            of categories joined by ``label_sep``.
+        task: "auto" infers it from the labels.
+        label_space: a fixed label space (evaluation data must use the training data's labels);
+            ``None`` derives it from the labels.
+        rows: source row of each example, for messages (defaults to 0-based positions).
+        require_min_per_class: training data needs two examples per class (one to train, one to
+            evaluate); evaluation data does not.
+
+    Raises:
+        DataError: listing every bad row at once.
+    """
+    if len(examples) != len(raw_labels):
+        raise DataError(
+            f"{source}: {len(examples)} examples but {len(raw_labels)} labels; give one label per example"
+        )
+    rows = list(rows) if rows is not None else list(range(len(examples)))
+    where = lambda i: row_name(rows[i], source_is_file)  # noqa: E731
+    report = report or DataReport()
+    report.n_rows = len(examples)
+    if not examples:
+        raise DataError(f"{source}: no examples found; check the file and the column names")
+
+    if task == "auto":
+        task, why = infer_task(raw_labels, label_sep)
+        report.notes.append(f"task: {task} ({why})")
+    elif task not in TASKS:
+        raise DataError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+
+    problems: list[str] = []
+    for i, example in enumerate(examples):
+        if not isinstance(example, str):
+            problems.append(f"{where(i)}: text is {type(example).__name__} {example!r}, expected a string")
+        elif not example.strip():
+            problems.append(f"{where(i)}: empty text")
+
+    parsed: list[Any] = []
+    for i, value in enumerate(raw_labels):
+        if _is_missing(value) or (isinstance(value, list | tuple) and task != "multilabel" and not value):
+            problems.append(f"{where(i)}: missing label")
+            parsed.append(None)
+            continue
+        if task == "regression":
+            number = _as_number(value)
+            if number is None or not math.isfinite(number):
+                problems.append(f"{where(i)}: label {value!r} is not a finite number (task is regression)")
+            parsed.append(number)
+        elif task == "multilabel":
+            if isinstance(value, list | tuple):
+                items = [normalize_label(v) for v in value if not _is_missing(v)]
+            elif isinstance(value, str) and label_sep is not None:
+                items = [normalize_label(v) for v in value.split(label_sep) if v.strip()]
+            else:
+                items = [normalize_label(value)]
+            parsed.append(sorted(set(items), key=_sort_key))
+        else:
+            if isinstance(value, list | tuple):
+                problems.append(
+                    f"{where(i)}: label is a list {value!r}; for several labels per row use --task multilabel"
+                )
+                parsed.append(None)
+            else:
+                parsed.append(normalize_label(value))
+
+    labels_ok = [p for p in parsed if p is not None]
+    if task == "multiclass":
+        observed = sorted(set(labels_ok), key=_sort_key)
+    elif task == "multilabel":
+        observed = sorted({item for p in labels_ok for item in p}, key=_sort_key)
+    else:
+        observed = []
+
+    if task != "regression":
+        if label_space is None:
+            space = tuple(observed)
+            if not problems and len(space) < 2:
+                only = f" ({space[0]!r})" if space else ""
+                problems.append(
+                    f"only one class{only} in the labels: a classifier needs at least two; check the "
+                    "label column"
+                )
+        else:
+            space = tuple(label_space)
+            known = set(space)
+            for i, p in enumerate(parsed):
+                items = p if isinstance(p, list) else [p]
+                for item in items:
+                    if item is not None and item not in known:
+                        problems.append(
+                            f"{where(i)}: label {item!r} is not one the model was trained on "
+                            f"({', '.join(map(repr, space))})"
+                        )
+    else:
+        space = ()
+
+    if task == "multiclass" and label_space is None and require_min_per_class:
+        counts = Counter(labels_ok)
+        for label, count in sorted(counts.items(), key=lambda kv: _sort_key(kv[0])):
+            if count < 2:
+                i = parsed.index(label)
+                problems.append(
+                    f"class {label!r} has only {count} example ({where(i)}): each class needs at least 2 "
+                    "(one to train on, one to evaluate on); add examples or remove the class"
+                )
+
+    if problems:
+        noun = "problem" if len(problems) == 1 else "problems"
+        raise DataError(format_problems(f"{source}: {len(problems)} {noun} in the data", problems))
+
+    index = {label: k for k, label in enumerate(space)}
+    if task == "multiclass":
+        targets = np.array([index[p] for p in parsed], dtype=np.int64)
+    elif task == "multilabel":
+        targets = np.zeros((len(parsed), len(space)), dtype=np.float32)
+        for i, p in enumerate(parsed):
+            targets[i, [index[item] for item in p]] = 1.0
+    else:
+        targets = np.array(parsed, dtype=np.float32)
+
+    _count_duplicates(examples, targets, report)
+    return Dataset(
+        modality=modality,
+        examples=list(examples),
+        targets=targets,
+        task=task,
+        label_space=space,
+        source=source,
+        rows=rows,
+        text_col=text_col,
+        label_col=label_col,
+        report=report,
+    )
+
+
+def _count_duplicates(examples: list[Any], targets: np.ndarray, report: DataReport) -> None:
+    first: dict[Any, int] = {}
+    dups = conflicts = 0
+    for i, example in enumerate(examples):
+        j = first.setdefault(example, i)
+        if j != i:
+            dups += 1
+            if not np.array_equal(targets[i], targets[j]):
+                conflicts += 1
+    report.duplicates = dups
+    report.conflicting_duplicates = conflicts

@@ -1,0 +1,498 @@
+"""The training loop: phases of parameter groups, on any device, through Accelerate.
+
+Nothing here knows what the model is. The engine receives a model, a list of phases (objects that
+can ``enter`` the model, set its ``train_mode`` and give ``param_groups``, all written by
+strategies), datasets, a collate function, a loss and a validation metric. It runs AdamW with linear
+warm-up and decay, gradient clipping and accumulation, AMP where the device has it, early stopping
+with the best weights restored, a checkpoint per epoch and resume.
+
+Checkpoints hold no pickle: weights and optimizer tensors in safetensors, the rest in JSON, and
+optimizer state is stored by parameter name so a resumed run re-binds it to the same parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from graft.config import TrainConfig
+from graft.errors import ConfigError, GraftError
+from graft.serialization import atomic_directory, load_tensors, save_tensors, write_json
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+MetricFn = Callable[[torch.Tensor, torch.Tensor], float]
+
+
+class EnginePhase(Protocol):
+    """What the engine needs of a phase (see ``graft.strategies.BoundPhase``)."""
+
+    name: str
+    epochs: int
+
+    def enter(self, model: nn.Module) -> None: ...
+
+    def train_mode(self, model: nn.Module) -> None: ...
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]: ...
+
+
+@dataclass
+class EpochRecord:
+    phase: str
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_metric: float
+    lr: float
+    seconds: float
+    best: bool = False
+
+
+@dataclass
+class History:
+    metric: str
+    epochs: list[EpochRecord] = field(default_factory=list)
+    best_metric: float = -math.inf
+    best_epoch: int = 0
+    stopped_early: bool = False
+    resumed_from_epoch: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["best_metric"] = None if math.isinf(self.best_metric) else self.best_metric
+        return data
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> History:
+        raw = dict(raw)
+        raw["epochs"] = [EpochRecord(**e) for e in raw.get("epochs", [])]
+        if raw.get("best_metric") is None:
+            raw["best_metric"] = -math.inf
+        return cls(**raw)
+
+
+class Callback:
+    """Hooks into the loop; ``on_epoch_end`` runs after the epoch's checkpoint is written."""
+
+    def on_epoch_end(self, record: EpochRecord, history: History) -> None:
+        pass
+
+
+class EpochShuffle(torch.utils.data.Sampler[int]):
+    """A permutation seeded by (seed, epoch): the same order whether a run was resumed or not."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def resolve_precision(requested: str) -> str:
+    cuda = torch.cuda.is_available()
+    if requested == "auto":
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    if requested == "fp16" and not cuda:
+        raise ConfigError("mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on this machine")
+    return requested
+
+
+def make_accelerator(precision: str, grad_accum: int):
+    from accelerate import Accelerator
+
+    try:
+        return Accelerator(mixed_precision=resolve_precision(precision), gradient_accumulation_steps=grad_accum)
+    except ValueError as exc:
+        if "already been initialized" in str(exc):
+            raise ConfigError(
+                "mixed precision cannot change within one Python process; start a new process or keep "
+                "the same --mixed-precision"
+            ) from None
+        raise
+
+
+def _schedule(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    warmup = int(total_steps * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+class Engine:
+    """Runs phases of training with checkpoints.
+
+    Args:
+        config: learning rates, epochs, batch size, clipping, accumulation, precision, patience, seed.
+        metric: name of the validation metric (higher is better) used for early stopping.
+        checkpoint_dir: where ``last/`` and ``best.safetensors`` go; ``None`` keeps nothing on disk.
+        progress: show progress bars.
+        callbacks: objects with ``on_epoch_end``.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        metric: str,
+        checkpoint_dir: str | Path | None = None,
+        progress: bool = True,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        self.config = config
+        self.metric = metric
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.progress = progress
+        self.callbacks = list(callbacks)
+
+    # ------------------------------------------------------------------------------------------
+    def fit(
+        self,
+        model: nn.Module,
+        phases: Sequence[EnginePhase],
+        train_set: torch.utils.data.Dataset,
+        val_set: torch.utils.data.Dataset,
+        *,
+        collate: Callable[[list[Any]], tuple[Any, torch.Tensor]],
+        loss_fn: LossFn,
+        metric_fn: MetricFn,
+        resume: bool = False,
+    ) -> History:
+        """Train ``model`` in place; on return it holds the best weights seen on validation."""
+        cfg = self.config
+        accelerator = make_accelerator(cfg.mixed_precision, cfg.grad_accum)
+        torch.manual_seed(cfg.seed)
+        history = History(metric=self.metric)
+        start_phase, start_epoch, bad_epochs = 0, 0, 0
+        saved: dict[str, Any] | None = None
+        if resume:
+            saved = self._load_checkpoint(model)
+            if saved is not None:
+                history = History.from_dict(saved["history"])
+                history.resumed_from_epoch = len(history.epochs)
+                start_phase, start_epoch = saved["phase_index"], saved["epoch_in_phase"]
+                bad_epochs = saved["bad_epochs"]
+                torch.set_rng_state(saved["rng"]["torch"])
+                if torch.cuda.is_available() and "cuda" in saved["rng"]:
+                    torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+
+        sampler = EpochShuffle(len(train_set), cfg.seed)
+        train_loader = torch.utils.data.DataLoader(
+            train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate
+        )
+        val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.batch_size * 2, collate_fn=collate)
+        train_loader, val_loader = accelerator.prepare(train_loader, val_loader)
+        best_state = self._best_state_from_disk() if saved is not None else None
+        wrapped = None
+
+        for pi, phase in enumerate(phases):
+            if pi < start_phase:
+                continue
+            phase.enter(model)
+            groups = phase.param_groups(model)
+            optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, _schedule(steps_per_epoch * phase.epochs, cfg.warmup_ratio)
+            )
+            first_epoch = 0
+            if saved is not None and pi == start_phase:
+                _restore_optimizer(optimizer, scheduler, groups, saved)
+                first_epoch = start_epoch
+            if wrapped is None:
+                wrapped = accelerator.prepare(model)
+            prepared_opt = accelerator.prepare(optimizer)
+            for epoch in range(first_epoch, phase.epochs):
+                global_epoch = len(history.epochs) + 1
+                sampler.set_epoch(global_epoch)
+                t0 = time.perf_counter()
+                train_loss = self._train_epoch(
+                    accelerator, wrapped, model, phase, prepared_opt, scheduler, train_loader, loss_fn,
+                    f"epoch {global_epoch} [{phase.name}]",
+                )  # fmt: skip
+                val_loss, val_metric = self.evaluate(accelerator, wrapped, val_loader, loss_fn, metric_fn)
+                improved = val_metric > history.best_metric
+                record = EpochRecord(
+                    phase=phase.name,
+                    epoch=global_epoch,
+                    train_loss=train_loss,
+                    val_loss=val_loss,
+                    val_metric=val_metric,
+                    lr=scheduler.get_last_lr()[0],
+                    seconds=time.perf_counter() - t0,
+                    best=improved,
+                )
+                history.epochs.append(record)
+                if improved:
+                    history.best_metric, history.best_epoch, bad_epochs = val_metric, global_epoch, 0
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                else:
+                    bad_epochs += 1
+                stop = bad_epochs >= cfg.patience
+                history.stopped_early = stop and (epoch + 1 < phase.epochs or pi + 1 < len(phases))
+                self._report(record, history)
+                self._save_checkpoint(
+                    model, optimizer, scheduler, groups, history,
+                    phase_index=pi if epoch + 1 < phase.epochs else pi + 1,
+                    epoch_in_phase=epoch + 1 if epoch + 1 < phase.epochs else 0,
+                    bad_epochs=bad_epochs, best_state=best_state if improved else None,
+                )  # fmt: skip
+                for cb in self.callbacks:
+                    cb.on_epoch_end(record, history)
+                if stop:
+                    break
+            if history.stopped_early:
+                break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        return history
+
+    # ------------------------------------------------------------------------------------------
+    def _train_epoch(self, accelerator, wrapped, model, phase, optimizer, scheduler, loader, loss_fn, desc):
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        phase.train_mode(model)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        total, count = 0.0, 0
+        bar = tqdm(loader, desc=desc, disable=not self.progress, leave=False, dynamic_ncols=True)
+        for inputs, targets in bar:
+            with accelerator.accumulate(wrapped):
+                with accelerator.autocast():
+                    outputs = wrapped(inputs)
+                loss = loss_fn(outputs, targets)
+                if not torch.isfinite(loss):
+                    raise GraftError(
+                        f"training diverged: loss is {loss.item()} in {desc}; lower --lr / --head-lr "
+                        "or use --mixed-precision no"
+                    )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    if cfg.grad_clip:
+                        accelerator.clip_grad_norm_(trainable, cfg.grad_clip)
+                optimizer.step()
+                if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            total += loss.item() * len(targets)
+            count += len(targets)
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        bar.close()
+        return total / max(1, count)
+
+    @torch.no_grad()
+    def evaluate(self, accelerator, model, loader, loss_fn: LossFn, metric_fn: MetricFn) -> tuple[float, float]:
+        """Validation loss and metric of ``model`` over ``loader``."""
+        model.eval()
+        outs, tgts = [], []
+        for inputs, targets in loader:
+            with accelerator.autocast():
+                outputs = model(inputs)
+            outputs, targets = accelerator.gather_for_metrics((outputs.float(), targets))
+            outs.append(outputs)
+            tgts.append(targets)
+        outputs, targets = torch.cat(outs), torch.cat(tgts)
+        return float(loss_fn(outputs, targets)), float(metric_fn(outputs, targets))
+
+    def _report(self, record: EpochRecord, history: History) -> None:
+        if not self.progress:
+            return
+        from tqdm.auto import tqdm
+
+        mark = " (best)" if record.best else ""
+        tqdm.write(
+            f"epoch {record.epoch} [{record.phase}] train loss {record.train_loss:.4f}  "
+            f"val loss {record.val_loss:.4f}  val {self.metric} {record.val_metric:.4f}{mark}  "
+            f"({record.seconds:.0f}s)"
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # checkpoints: <dir>/last/{model,optimizer}.safetensors + state.json, <dir>/best.safetensors
+
+    def _save_checkpoint(self, model, optimizer, scheduler, groups, history, *, phase_index, epoch_in_phase,
+                         bad_epochs, best_state) -> None:  # fmt: skip
+        if self.checkpoint_dir is None:
+            return
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if best_state is not None:
+            save_tensors(best_state, self.checkpoint_dir / "best.safetensors.tmp")
+            (self.checkpoint_dir / "best.safetensors.tmp").replace(self.checkpoint_dir / "best.safetensors")
+        opt_tensors, opt_meta = _optimizer_by_name(optimizer, groups)
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                rng[f"cuda.{i}"] = s
+        with atomic_directory(self.checkpoint_dir / "last") as tmp:
+            save_tensors(model.state_dict(), tmp / "model.safetensors")
+            save_tensors({**opt_tensors, **{f"rng.{k}": v for k, v in rng.items()}}, tmp / "optimizer.safetensors")
+            scheduler_state = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+            write_json(
+                tmp / "state.json",
+                {
+                    "phase_index": phase_index,
+                    "epoch_in_phase": epoch_in_phase,
+                    "bad_epochs": bad_epochs,
+                    "history": history.to_dict(),
+                    "optimizer": opt_meta,
+                    "scheduler": scheduler_state,
+                },
+            )
+
+    def _load_checkpoint(self, model: nn.Module) -> dict[str, Any] | None:
+        last = self.checkpoint_dir / "last" if self.checkpoint_dir else None
+        if last is None or not (last / "state.json").is_file():
+            return None
+        state = json.loads((last / "state.json").read_text(encoding="utf-8"))
+        missing, unexpected = model.load_state_dict(load_tensors(last / "model.safetensors"), strict=False)
+        if missing or unexpected:
+            raise GraftError(
+                f"checkpoint {last} does not fit this model (missing {missing[:3]}, unexpected "
+                f"{unexpected[:3]}); start without --resume or use a new --out folder"
+            )
+        tensors = load_tensors(last / "optimizer.safetensors")
+        state["rng"] = {"torch": tensors.pop("rng.torch")}
+        cuda = [tensors.pop(k) for k in sorted(k for k in list(tensors) if k.startswith("rng.cuda."))]
+        if cuda:
+            state["rng"]["cuda"] = cuda
+        state["optimizer_tensors"] = tensors
+        return state
+
+    def _best_state_from_disk(self) -> dict[str, torch.Tensor] | None:
+        path = self.checkpoint_dir / "best.safetensors" if self.checkpoint_dir else None
+        return load_tensors(path) if path and path.is_file() else None
+
+    def clear_checkpoints(self) -> None:
+        if self.checkpoint_dir and self.checkpoint_dir.exists():
+            shutil.rmtree(self.checkpoint_dir)
+
+
+def _restore_optimizer(optimizer, scheduler, groups, state: dict[str, Any]) -> None:
+    _load_optimizer_by_name(optimizer, groups, state["optimizer"], state["optimizer_tensors"])
+    scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
+    for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
+        group["lr"] = lr
+
+
+def _optimizer_by_name(optimizer, groups) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Optimizer state keyed by parameter name instead of position."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    meta_groups = []
+    position = 0
+    for group, saved_group in zip(groups, sd["param_groups"], strict=True):
+        names = group["param_names"]
+        for name in names:
+            for key, value in sd["state"].get(position, {}).items():
+                tensors[f"state.{name}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+            position += 1
+        meta_groups.append(
+            {k: v for k, v in saved_group.items() if k not in ("params",)} | {"param_names": list(names)}
+        )
+    return tensors, {"param_groups": meta_groups}
+
+
+def _load_optimizer_by_name(optimizer, groups, meta, tensors) -> None:
+    saved_groups = meta["param_groups"]
+    now = [(g["group"], list(g["param_names"])) for g in groups]
+    before = [(g.get("group"), list(g["param_names"])) for g in saved_groups]
+    if now != before:
+        changed = sorted({n for _, names in now for n in names} ^ {n for _, names in before for n in names})
+        raise GraftError(
+            "cannot resume: the checkpoint's trainable parameters differ from this run's "
+            f"(e.g. {changed[:3]}); resume with the same --strategy and backbone, or start a new --out folder"
+        )
+    state: dict[int, dict[str, Any]] = {}
+    position = 0
+    for group in groups:
+        for name in group["param_names"]:
+            prefix = f"state.{name}."
+            entry = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if entry:
+                state[position] = entry
+            position += 1
+    param_groups = []
+    position = 0
+    for saved in saved_groups:
+        n = len(saved["param_names"])
+        param_groups.append({k: v for k, v in saved.items()} | {"params": list(range(position, position + n))})
+        position += n
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+
+
+# --------------------------------------------------------------------------------------------------
+# fitting a head on cached features (frozen backbone)
+
+
+@dataclass
+class ProbeResult:
+    l2: float
+    val_metric: float
+    val_loss: float
+    grid: list[dict[str, float]]
+
+
+def fit_probe(
+    module: nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    *,
+    loss_fn: LossFn,
+    metric_fn: MetricFn,
+    grid: Sequence[float] = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 1e-5),
+    max_iter: int = 200,
+) -> ProbeResult:
+    """Full-batch L-BFGS on features, L2 strength chosen on validation (metric, then loss).
+
+    The grid runs from strong to weak regularisation, each fit warm-started from the previous one.
+    ``module`` ends with the chosen solution. Only weight matrices are penalised, not biases.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    weights = [p for p in params if p.ndim > 1]
+    best: tuple[tuple[float, float], float, dict[str, torch.Tensor]] | None = None
+    table = []
+    module.train()
+    for l2 in grid:
+        optimizer = torch.optim.LBFGS(
+            params, lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
+        )
+
+        def closure(l2: float = l2, optimizer: torch.optim.Optimizer = optimizer) -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = loss_fn(module(train_x), train_y) + 0.5 * l2 * sum(w.pow(2).sum() for w in weights)
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        with torch.no_grad():
+            module.eval()
+            outputs = module(val_x)
+            module.train()
+            metric, loss = float(metric_fn(outputs, val_y)), float(loss_fn(outputs, val_y))
+        table.append({"l2": l2, "val_metric": metric, "val_loss": loss})
+        key = (metric, -loss)
+        if best is None or key > best[0]:
+            best = (key, l2, {k: v.detach().clone() for k, v in module.state_dict().items()})
+    module.load_state_dict(best[2])
+    module.eval()
+    return ProbeResult(l2=best[1], val_metric=best[0][0], val_loss=-best[0][1], grid=table)

@@ -1,0 +1,229 @@
+"""Metrics per task, the majority-class baseline, and bootstrap confidence intervals.
+
+Scores come from scikit-learn; intervals from a vectorised percentile bootstrap over test rows.
+
+Example:
+    >>> import numpy as np
+    >>> r = evaluate_predictions("multiclass", np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0]),
+    ...                          ("a", "b"), majority=fit_majority("multiclass", np.array([0, 0, 1]), 2))
+    >>> r.metrics["accuracy"], r.baselines["majority"]["accuracy"]
+    (0.75, 0.5)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+HEADLINE = {
+    "multiclass": ("accuracy", "macro_f1"),
+    "multilabel": ("micro_f1", "macro_f1"),
+    "regression": ("r2", "mae", "rmse"),
+}
+# The validation metric that drives early stopping and probe selection (higher is better).
+SELECTION = {"multiclass": "accuracy", "multilabel": "micro_f1", "regression": "r2"}
+BOOTSTRAP_SAMPLES = 1000
+
+
+@dataclass
+class EvaluationResult:
+    """Everything measured on one held-out set."""
+
+    task: str
+    n: int
+    metrics: dict[str, float]
+    intervals: dict[str, list[float]] = field(default_factory=dict)
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
+    confusion: dict[str, Any] = field(default_factory=dict)
+    split: str = "test"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "task": self.task,
+            "n": self.n,
+            "metrics": self.metrics,
+            "intervals_95": self.intervals,
+            "baselines": self.baselines,
+            "per_class": self.per_class,
+            "confusion_matrix": self.confusion,
+        }
+
+    def headline(self) -> str:
+        parts = []
+        base = self.baselines.get("majority", {})
+        for name in HEADLINE[self.task]:
+            text = f"{name} {self.metrics[name]:.3f}"
+            if name in self.intervals:
+                lo, hi = self.intervals[name]
+                text += f" [{lo:.3f}, {hi:.3f}]"
+            if name in base:
+                text += f" (majority baseline {base[name]:.3f})"
+            parts.append(text)
+        return "; ".join(parts)
+
+
+def task_metrics(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """Scalar metrics for ``task`` (class ids, 0/1 matrices or values)."""
+    from sklearn import metrics as skm
+
+    if task == "multiclass":
+        return {
+            "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+            "macro_f1": float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0)),
+            "weighted_f1": float(skm.f1_score(y_true, y_pred, average="weighted", zero_division=0)),
+            "balanced_accuracy": float(_balanced_accuracy(y_true, y_pred)),
+        }
+    if task == "multilabel":
+        return {
+            "micro_f1": float(skm.f1_score(y_true, y_pred, average="micro", zero_division=0)),
+            "macro_f1": float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0)),
+            "subset_accuracy": float(skm.accuracy_score(y_true, y_pred)),
+            "hamming_loss": float(skm.hamming_loss(y_true, y_pred)),
+        }
+    return {
+        "mae": float(skm.mean_absolute_error(y_true, y_pred)),
+        "rmse": float(np.sqrt(skm.mean_squared_error(y_true, y_pred))),
+        "r2": float(skm.r2_score(y_true, y_pred)) if len(y_true) > 1 else float("nan"),
+    }
+
+
+def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    # Mean recall over the classes present in y_true (sklearn's definition, without its warning).
+    recalls = [np.mean(y_pred[y_true == c] == c) for c in np.unique(y_true)]
+    return float(np.mean(recalls))
+
+
+def fit_majority(task: str, train_targets: np.ndarray, n_classes: int) -> dict[str, Any]:
+    """The majority baseline, fitted on training targets (JSON-able, so bundles carry it)."""
+    train_targets = np.asarray(train_targets)
+    if task == "multiclass":
+        return {"class": int(np.bincount(train_targets, minlength=n_classes).argmax())}
+    if task == "multilabel":
+        return {"labels": (train_targets.mean(0) > 0.5).astype(int).tolist()}
+    return {"mean": float(np.mean(train_targets))}
+
+
+def majority_predictions(task: str, majority: dict[str, Any], n: int) -> np.ndarray:
+    """What the majority baseline predicts for ``n`` examples."""
+    if task == "multiclass":
+        return np.full(n, majority["class"], dtype=np.int64)
+    if task == "multilabel":
+        return np.tile(np.asarray(majority["labels"], dtype=np.float32), (n, 1))
+    return np.full(n, majority["mean"], dtype=np.float32)
+
+
+def bootstrap_intervals(
+    task: str, y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, seed: int = 0
+) -> dict[str, list[float]]:
+    """95% percentile-bootstrap intervals of the headline metrics, resampling test rows."""
+    n = len(y_true)
+    if n < 2:
+        return {}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(BOOTSTRAP_SAMPLES, n))
+    samples: dict[str, np.ndarray] = {}
+    if task == "multiclass":
+        t, p = y_true[idx], y_pred[idx]
+        samples["accuracy"] = (t == p).mean(1)
+        k = n_classes
+        flat = (np.arange(BOOTSTRAP_SAMPLES)[:, None] * k * k + t * k + p).ravel()
+        cm = np.bincount(flat, minlength=BOOTSTRAP_SAMPLES * k * k).reshape(BOOTSTRAP_SAMPLES, k, k)
+        samples["macro_f1"] = _macro_f1_from_counts(
+            cm.diagonal(axis1=1, axis2=2), cm.sum(1), cm.sum(2)
+        )
+    elif task == "multilabel":
+        t, p = y_true[idx], y_pred[idx]
+        tp = (t * p).sum(1)
+        pred_pos, true_pos = p.sum(1), t.sum(1)
+        micro = 2 * tp.sum(1) / np.maximum(pred_pos.sum(1) + true_pos.sum(1), 1e-12)
+        samples["micro_f1"] = micro
+        samples["macro_f1"] = _macro_f1_from_counts(tp, pred_pos, true_pos)
+    else:
+        t, p = y_true[idx].astype(np.float64), y_pred[idx].astype(np.float64)
+        err = p - t
+        samples["mae"] = np.abs(err).mean(1)
+        samples["rmse"] = np.sqrt((err**2).mean(1))
+        sst = ((t - t.mean(1, keepdims=True)) ** 2).sum(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r2 = 1 - (err**2).sum(1) / sst
+        samples["r2"] = r2[np.isfinite(r2)]
+    return {
+        name: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))]
+        for name, v in samples.items()
+        if len(v)
+    }
+
+
+def _macro_f1_from_counts(tp: np.ndarray, pred_pos: np.ndarray, true_pos: np.ndarray) -> np.ndarray:
+    """Macro-F1 per bootstrap row, averaged over classes present in that row's truth or predictions
+    (matches scikit-learn, whose label set is the union of both)."""
+    denom = pred_pos + true_pos
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1e-12), 0.0)
+    present = denom > 0
+    return (f1 * present).sum(1) / np.maximum(present.sum(1), 1)
+
+
+def per_class_report(
+    task: str, y_true: np.ndarray, y_pred: np.ndarray, label_space: tuple[Any, ...]
+) -> dict[str, dict[str, float]]:
+    from sklearn.metrics import precision_recall_fscore_support
+
+    if task == "regression":
+        return {}
+    labels = list(range(len(label_space)))
+    if task == "multilabel":
+        p, r, f, s = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
+    else:
+        p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    return {
+        str(name): {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        for i, name in enumerate(label_space)
+    }
+
+
+def confusion(task: str, y_true: np.ndarray, y_pred: np.ndarray, label_space: tuple[Any, ...]) -> dict[str, Any]:
+    """Rows are true classes, columns predicted classes (multiclass only)."""
+    from sklearn.metrics import confusion_matrix
+
+    if task != "multiclass":
+        return {}
+    matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(label_space))))
+    return {"labels": [str(x) for x in label_space], "matrix": matrix.tolist()}
+
+
+def evaluate_predictions(
+    task: str,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    label_space: tuple[Any, ...],
+    *,
+    majority: dict[str, Any] | None = None,
+    split: str = "test",
+    seed: int = 0,
+) -> EvaluationResult:
+    """Metrics, intervals, per-class scores, confusion matrix and the majority baseline."""
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    n_classes = len(label_space)
+    result = EvaluationResult(
+        task=task,
+        n=len(y_true),
+        metrics=task_metrics(task, y_true, y_pred),
+        intervals=bootstrap_intervals(task, y_true, y_pred, n_classes, seed),
+        per_class=per_class_report(task, y_true, y_pred, label_space),
+        confusion=confusion(task, y_true, y_pred, label_space),
+        split=split,
+    )
+    if majority is not None:
+        base = majority_predictions(task, majority, len(y_true))
+        result.baselines["majority"] = task_metrics(task, y_true, base)
+    return result
+
+
+def selection_score(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """The early-stopping / model-choice metric (higher is better)."""
+    return task_metrics(task, y_true, y_pred)[SELECTION[task]]

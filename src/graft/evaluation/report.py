@@ -1,0 +1,116 @@
+"""The run report: a dataclass filled during a run, written as metrics.json and a self-contained report.html."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from typing import Any
+
+from graft.evaluation.metrics import HEADLINE, EvaluationResult
+
+
+@dataclass
+class RunReport:
+    """What a run learned and measured; every field JSON-able."""
+
+    backbone: str
+    task: str
+    label_space: list[Any]
+    strategy: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    test: EvaluationResult | None = None
+    validation: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backbone": self.backbone,
+            "task": self.task,
+            "label_space": self.label_space,
+            "strategy": self.strategy,
+            "data": self.data,
+            "test": self.test.to_dict() if self.test else None,
+            "validation": self.validation,
+            "history": self.history,
+            "timings_s": self.timings,
+        }
+
+    def to_html(self) -> str:
+        return render_html(self)
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return _e(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _confusion_html(confusion: dict[str, Any]) -> str:
+    labels, matrix = confusion["labels"], confusion["matrix"]
+    head = "<th>true \\ predicted</th>" + "".join(f"<th>{_e(lab)}</th>" for lab in labels)
+    rows = []
+    for label, row in zip(labels, matrix, strict=True):
+        total = max(1, sum(row))
+        cells = []
+        for j, count in enumerate(row):
+            share = count / total
+            color = "46,125,50" if labels[j] == label else "198,40,40"
+            cells.append(f'<td style="background: rgba({color},{share:.2f})">{count}</td>')
+        rows.append(f"<tr><th>{_e(label)}</th>{''.join(cells)}</tr>")
+    return f"<table class='cm'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def render_html(report: RunReport) -> str:
+    parts = [f"<h1>graft report: {_e(report.task)} on {_e(report.backbone)}</h1>"]
+    strategy = report.strategy
+    if strategy:
+        parts.append(f"<p><b>Strategy:</b> {_e(strategy.get('kind'))} — {_e(strategy.get('reason', ''))}</p>")
+    if report.data:
+        rows = [[k, v] for k, v in report.data.items() if not isinstance(v, dict | list)]
+        parts.append("<h2>Data</h2>" + _table(["", ""], rows))
+    test = report.test
+    if test is not None:
+        base = test.baselines.get("majority", {})
+        rows = []
+        for name, value in test.metrics.items():
+            interval = test.intervals.get(name)
+            ci = f"[{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""
+            rows.append([name + (" *" if name in HEADLINE[test.task] else ""), value, ci, base.get(name, "")])
+        parts.append(
+            f"<h2>Held-out {_e(test.split)} set ({test.n} examples)</h2>"
+            + _table(["metric", "model", "95% bootstrap interval", "majority-class baseline"], rows)
+            + "<p class='note'>* headline metrics. The test split never touched training or model choice.</p>"
+        )
+        if test.per_class:
+            rows = [[c, v["precision"], v["recall"], v["f1"], v["support"]] for c, v in test.per_class.items()]
+            parts.append("<h2>Per class</h2>" + _table(["class", "precision", "recall", "f1", "support"], rows))
+        if test.confusion:
+            parts.append("<h2>Confusion matrix</h2>" + _confusion_html(test.confusion))
+    if report.validation:
+        rows = [[k, v] for k, v in report.validation.items() if not isinstance(v, dict | list)]
+        parts.append("<h2>Validation (model choice)</h2>" + _table(["", ""], rows))
+    if report.history:
+        keys = list(report.history[0])
+        parts.append("<h2>Training history</h2>" + _table(keys, [[h[k] for k in keys] for h in report.history]))
+    if report.timings:
+        parts.append("<h2>Timings (s)</h2>" + _table(["step", "seconds"], [[k, v] for k, v in report.timings.items()]))
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}"
+        "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+        "text-align:right}th{background:#f4f4f4}.note{color:#666;font-size:90%}"
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>graft report</title>"
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
+    )
