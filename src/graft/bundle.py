@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 from datetime import UTC, datetime
@@ -50,10 +51,8 @@ def versions() -> dict[str, str]:
 
     out = {"python": platform.python_version()}
     for dist in ("graft-ml", "torch", "transformers", "accelerate"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            pass
     return out
 
 
@@ -73,13 +72,13 @@ def save_bundle(
     """
     path = Path(path)
     with atomic_directory(path) as tmp:
-        save_tensors(network.state_dict(), tmp / WEIGHTS, metadata={"format": "graft", "version": str(FORMAT_VERSION)})
+        save_tensors(
+            network.state_dict(), tmp / WEIGHTS, metadata={"format": "graft", "version": str(FORMAT_VERSION)}
+        )
         network.backbone.save_architecture(tmp / "backbone")
         write_json(tmp / "metrics.json", metrics)
         (tmp / "report.html").write_text(report_html, encoding="utf-8")
-        files = {
-            str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()
-        }
+        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         full = {
             "format_version": FORMAT_VERSION,
             **manifest,
@@ -116,7 +115,8 @@ def read_manifest(path: str | Path, verify: bool = True) -> tuple[Path, dict[str
             problems.append(f"{WEIGHTS} is not listed in {MANIFEST}")
         if problems:
             raise BundleError(
-                f"refusing to load bundle {folder}: " + "; ".join(problems)
+                f"refusing to load bundle {folder}: "
+                + "; ".join(problems)
                 + ". The bundle is corrupted or was tampered with; re-save it from the original run"
             )
     return folder, manifest

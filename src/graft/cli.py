@@ -250,11 +250,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(payload, default=str))
         return EXIT_OK
     print(f"{args.data}: {result.n} examples, task {result.task}")
-    _print_metrics({"metrics": result.metrics, "intervals_95": result.intervals, "baselines": result.baselines})
+    _print_metrics(
+        {"metrics": result.metrics, "intervals_95": result.intervals, "baselines": result.baselines}
+    )
     if result.per_class:
         print(f"\n{'class':<20}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
         for name, row in result.per_class.items():
-            print(f"{name:<20}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}{row['support']:>10}")
+            print(
+                f"{name:<20}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}{row['support']:>10}"
+            )
     return EXIT_OK
 
 
@@ -274,8 +278,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         labels = decode_outputs(model.task, model.label_space, proba)
         rows = []
         for text, label, p in zip(texts, labels, proba, strict=True):
-            row: dict[str, Any] = {"text": text, "prediction": "|".join(map(str, label)) if isinstance(label, list) else label}
-            row.update({f"p_{name}": round(float(x), 6) for name, x in zip(model.label_space, p, strict=True)})
+            row: dict[str, Any] = {
+                "text": text,
+                "prediction": "|".join(map(str, label)) if isinstance(label, list) else label,
+            }
+            row.update(
+                {f"p_{name}": round(float(x), 6) for name, x in zip(model.label_space, p, strict=True)}
+            )
             rows.append(row)
     if args.json and not args.out:
         for row in rows:
@@ -351,7 +360,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"graft: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("\ngraft: interrupted; `graft fit ... --resume` continues from the last checkpoint", file=sys.stderr)
+        print(
+            "\ngraft: interrupted; `graft fit ... --resume` continues from the last checkpoint",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     except OSError as exc:
         if exc.filename is not None:  # a path the user gave cannot be read or written

@@ -134,8 +134,28 @@ INTENTS: dict[str, list[str]] = {
         "a widget for the home screen would be handy",
     ],
 }
-OPENERS = ["", "", "Hi, ", "Hello, ", "Hey team, ", "Good morning, ", "Quick question: ", "Urgent: ", "Hi there, "]
-CLOSERS = ["", "", ".", ". Thanks!", ", thanks in advance.", ". Can you help?", "!", ". Please advise.", " :("]
+OPENERS = [
+    "",
+    "",
+    "Hi, ",
+    "Hello, ",
+    "Hey team, ",
+    "Good morning, ",
+    "Quick question: ",
+    "Urgent: ",
+    "Hi there, ",
+]
+CLOSERS = [
+    "",
+    "",
+    ".",
+    ". Thanks!",
+    ", thanks in advance.",
+    ". Can you help?",
+    "!",
+    ". Please advise.",
+    " :(",
+]
 NEW_TICKETS = [
     "Hi, my parcel still hasn't shown up and tracking is stuck",
     "you took the money from my card two times",

@@ -117,7 +117,9 @@ def make_accelerator(precision: str, grad_accum: int):
     from accelerate import Accelerator
 
     try:
-        return Accelerator(mixed_precision=resolve_precision(precision), gradient_accumulation_steps=grad_accum)
+        return Accelerator(
+            mixed_precision=resolve_precision(precision), gradient_accumulation_steps=grad_accum
+        )
     except ValueError as exc:
         if "already been initialized" in str(exc):
             raise ConfigError(
@@ -286,9 +288,8 @@ class Engine:
                         "or use --mixed-precision no"
                     )
                 accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    if cfg.grad_clip:
-                        accelerator.clip_grad_norm_(trainable, cfg.grad_clip)
+                if accelerator.sync_gradients and cfg.grad_clip:
+                    accelerator.clip_grad_norm_(trainable, cfg.grad_clip)
                 optimizer.step()
                 if accelerator.sync_gradients and not accelerator.optimizer_step_was_skipped:
                     scheduler.step()
@@ -300,7 +301,9 @@ class Engine:
         return total / max(1, count)
 
     @torch.no_grad()
-    def evaluate(self, accelerator, model, loader, loss_fn: LossFn, metric_fn: MetricFn) -> tuple[float, float]:
+    def evaluate(
+        self, accelerator, model, loader, loss_fn: LossFn, metric_fn: MetricFn
+    ) -> tuple[float, float]:
         """Validation loss and metric of ``model`` over ``loader``."""
         model.eval()
         outs, tgts = [], []
@@ -343,7 +346,9 @@ class Engine:
                 rng[f"cuda.{i}"] = s
         with atomic_directory(self.checkpoint_dir / "last") as tmp:
             save_tensors(model.state_dict(), tmp / "model.safetensors")
-            save_tensors({**opt_tensors, **{f"rng.{k}": v for k, v in rng.items()}}, tmp / "optimizer.safetensors")
+            save_tensors(
+                {**opt_tensors, **{f"rng.{k}": v for k, v in rng.items()}}, tmp / "optimizer.safetensors"
+            )
             scheduler_state = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
             write_json(
                 tmp / "state.json",
@@ -433,7 +438,9 @@ def _load_optimizer_by_name(optimizer, groups, meta, tensors) -> None:
     position = 0
     for saved in saved_groups:
         n = len(saved["param_names"])
-        param_groups.append({k: v for k, v in saved.items()} | {"params": list(range(position, position + n))})
+        param_groups.append(
+            {k: v for k, v in saved.items()} | {"params": list(range(position, position + n))}
+        )
         position += n
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
@@ -459,7 +466,7 @@ def fit_probe(
     *,
     loss_fn: LossFn,
     metric_fn: MetricFn,
-    grid: Sequence[float] = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 1e-5),
+    grid: Sequence[float] = (1.0, 3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 1e-5),
     max_iter: int = 200,
 ) -> ProbeResult:
     """Full-batch L-BFGS on features, L2 strength chosen on validation (metric, then loss).

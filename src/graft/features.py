@@ -130,7 +130,9 @@ class FeatureCache:
         ``weights_sha256`` of the backbone, when the caller already has it, saves hashing again.
         """
         if self.root is None:
-            return extract_features(backbone, examples, batch_size=batch_size, progress=progress, desc=desc), False
+            return extract_features(
+                backbone, examples, batch_size=batch_size, progress=progress, desc=desc
+            ), False
         key = self.key(backbone, examples_fingerprint, weights_sha256)
         cached = self.load(key, len(examples))
         if cached is not None:

@@ -149,7 +149,7 @@ register_backbone(
     "hf",
     _hf,
     modality="text",
-    description="a Hugging Face text encoder: local folder, or hub id when online (AutoModel + AutoTokenizer)",
+    description="a Hugging Face text encoder: local folder, or hub id when online (AutoModel)",
     takes_argument=True,
     example="hf:<hub-id-or-folder>",
 )

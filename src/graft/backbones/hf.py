@@ -113,8 +113,9 @@ class HFTextBackbone(Backbone):
         self.normalize = normalize
         self.max_length = int(max_length)
         self.feature_dim = int(model.config.hidden_size)
-        self._input_names = [n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask",
-                                                                              "token_type_ids")]
+        self._input_names = [
+            n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")
+        ]
         self._n_special = tokenizer.num_special_tokens_to_add(pair=False)
         self.contract = Contract(
             modality="text",
@@ -225,7 +226,7 @@ def load_hf_text(path_or_id: str, *, source: str, max_length: int | None = None)
     except (OSError, ValueError) as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = (
-            " the hub is offline (HF_HUB_OFFLINE=1): download the model and pass its local folder as hf:<path>"
+            " the hub is offline (HF_HUB_OFFLINE=1): download the model, then pass its folder as hf:<path>"
             if offline and not local
             else ""
         )

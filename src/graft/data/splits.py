@@ -42,7 +42,7 @@ def holdout(ds: Dataset, fraction: float, seed: int, name: str) -> tuple[np.ndar
     from sklearn.model_selection import train_test_split
 
     n = len(ds)
-    n_out = max(1, int(round(fraction * n)))
+    n_out = max(1, round(fraction * n))
     if n - n_out < 2:
         raise DataError(f"{ds.source}: {n} examples are too few to hold out a {name} split; add data")
     labels = _stratify_labels(ds)

@@ -140,19 +140,23 @@ def _delimiter_for(path: Path, sample: list[str]) -> str:
     return ","
 
 
+_QUOTED_FIELD = r'(?:"(?:[^"]|"")*"|[^"\t]*)'
+_QUOTED_LINE = re.compile(rf"^{_QUOTED_FIELD}(?:\t{_QUOTED_FIELD})*\r?$")
+
+
 def _tsv_is_quoted(lines: list[str]) -> bool:
-    """A TSV uses quoting only if every field that opens a quote also closes it on that line.
+    """A TSV uses quoting only if every field is either wholly quoted or free of quotes.
 
     Real TSVs (e.g. the SMS spam collection) put bare ``"`` inside texts; parsing those as quotes
     would swallow newlines and merge rows.
     """
     saw_quote = False
     for line in lines:
-        for cell in line.rstrip("\r").split("\t"):
-            if cell.startswith('"'):
-                saw_quote = True
-                if len(cell) < 2 or not cell.endswith('"'):
-                    return False
+        if '"' not in line:
+            continue
+        if not _QUOTED_LINE.match(line):
+            return False
+        saw_quote = True
     return saw_quote
 
 
@@ -222,8 +226,11 @@ def read_delimited(path: Path, text: str, cfg: DataConfig, report: DataReport) -
     if problems:
         sep = "tab" if delimiter == "\t" else repr(delimiter)
         raise DataError(
-            format_problems(f"{source}: {len(problems)} row(s) with the wrong number of {sep}-separated "
-                            f"fields (header has {width})", problems)
+            format_problems(
+                f"{source}: {len(problems)} row(s) with the wrong number of {sep}-separated "
+                f"fields (header has {width})",
+                problems,
+            )
         )
     if quoting == csv.QUOTE_NONE and any('"' in line for line in lines[:1000]):
         report.notes.append(f"{path.name}: read without quote handling (its quotes are part of the text)")
@@ -347,8 +354,7 @@ def _resolve_column(table: Table, name: str, role: str) -> int:
         return int(name)
     hint = "" if table.has_header else " (the file has no header: use 0-based column numbers)"
     raise DataError(
-        f"{table.source}: no {role} column {name!r}; the columns are {table.columns}{hint}; "
-        f"pass --{role}-col"
+        f"{table.source}: no {role} column {name!r}; the columns are {table.columns}{hint}; pass --{role}-col"
     )
 
 
@@ -417,7 +423,9 @@ def choose_columns(
                 "pass --label-col"
             )
     if label_j == text_j:
-        raise DataError(f"{table.source}: the text and label columns are the same ({table.columns[text_j]!r})")
+        raise DataError(
+            f"{table.source}: the text and label columns are the same ({table.columns[text_j]!r})"
+        )
     return text_j, label_j
 
 
@@ -455,10 +463,7 @@ def read_text_dataset(
             texts, raw_labels, task=task, label_sep=cfg.label_sep, label_space=label_space,
             source="<list>", require_min_per_class=require_min_per_class,
         )  # fmt: skip
-    if isinstance(data, str | os.PathLike):
-        table = read_table(data, cfg)
-    else:
-        table = table_from_object(data)
+    table = read_table(data, cfg) if isinstance(data, str | os.PathLike) else table_from_object(data)
     text_j, label_j = choose_columns(table, cfg.text_col, cfg.label_col, prefer_columns)
     report = table.report
     report.notes.insert(0, f"columns: text={table.columns[text_j]!r}, label={table.columns[label_j]!r}")
@@ -487,6 +492,11 @@ def read_text_inputs(data: Any, text_col: str | None = None, encoding: str | Non
     Raises:
         ContractError: inputs of another modality, a missing text column, or non-text values.
     """
+    if isinstance(data, str) and not Path(data).exists() and not data.lower().endswith(TABLE_SUFFIXES):
+        raise ContractError(
+            f"expected a list of texts or a file of them; {data[:60]!r} is not a file. To predict one text, "
+            "wrap it in a list: [text]"
+        )
     if isinstance(data, str | os.PathLike):
         path = Path(data)
         if path.is_dir():
@@ -506,8 +516,6 @@ def read_text_inputs(data: Any, text_col: str | None = None, encoding: str | Non
         texts = list(data)
         _check_texts(texts, "<inputs>")
         return texts
-    elif isinstance(data, str):
-        raise ContractError("expected a list of texts; wrap a single text in a list: [text]")
     else:
         if isinstance(data, list | tuple):
             bad = next(i for i, x in enumerate(data) if not isinstance(x, str))
@@ -545,9 +553,7 @@ def _check_texts(texts: list[Any], source: str, table: Table | None = None) -> N
         if not isinstance(t, str):
             problems.append(f"{where}: {type(t).__name__} {t!r} is not text")
     if problems:
-        raise ContractError(
-            format_problems(f"{source}: this model takes text (modality 'text')", problems)
-        )
+        raise ContractError(format_problems(f"{source}: this model takes text (modality 'text')", problems))
     _refuse_media(texts, source)
 
 

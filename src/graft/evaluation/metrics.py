@@ -132,9 +132,7 @@ def bootstrap_intervals(
         k = n_classes
         flat = (np.arange(BOOTSTRAP_SAMPLES)[:, None] * k * k + t * k + p).ravel()
         cm = np.bincount(flat, minlength=BOOTSTRAP_SAMPLES * k * k).reshape(BOOTSTRAP_SAMPLES, k, k)
-        samples["macro_f1"] = _macro_f1_from_counts(
-            cm.diagonal(axis1=1, axis2=2), cm.sum(1), cm.sum(2)
-        )
+        samples["macro_f1"] = _macro_f1_from_counts(cm.diagonal(axis1=1, axis2=2), cm.sum(1), cm.sum(2))
     elif task == "multilabel":
         t, p = y_true[idx], y_pred[idx]
         tp = (t * p).sum(1)
@@ -185,7 +183,9 @@ def per_class_report(
     }
 
 
-def confusion(task: str, y_true: np.ndarray, y_pred: np.ndarray, label_space: tuple[Any, ...]) -> dict[str, Any]:
+def confusion(
+    task: str, y_true: np.ndarray, y_pred: np.ndarray, label_space: tuple[Any, ...]
+) -> dict[str, Any]:
     """Rows are true classes, columns predicted classes (multiclass only)."""
     from sklearn.metrics import confusion_matrix
 

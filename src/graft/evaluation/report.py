@@ -1,4 +1,4 @@
-"""The run report: a dataclass filled during a run, written as metrics.json and a self-contained report.html."""
+"""The run report: a dataclass filled during a run, saved as metrics.json and a self-contained report.html."""
 
 from __future__ import annotations
 
@@ -93,8 +93,12 @@ def render_html(report: RunReport) -> str:
             + "<p class='note'>* headline metrics. The test split never touched training or model choice.</p>"
         )
         if test.per_class:
-            rows = [[c, v["precision"], v["recall"], v["f1"], v["support"]] for c, v in test.per_class.items()]
-            parts.append("<h2>Per class</h2>" + _table(["class", "precision", "recall", "f1", "support"], rows))
+            rows = [
+                [c, v["precision"], v["recall"], v["f1"], v["support"]] for c, v in test.per_class.items()
+            ]
+            parts.append(
+                "<h2>Per class</h2>" + _table(["class", "precision", "recall", "f1", "support"], rows)
+            )
         if test.confusion:
             parts.append("<h2>Confusion matrix</h2>" + _confusion_html(test.confusion))
     if report.validation:
@@ -102,9 +106,13 @@ def render_html(report: RunReport) -> str:
         parts.append("<h2>Validation (model choice)</h2>" + _table(["", ""], rows))
     if report.history:
         keys = list(report.history[0])
-        parts.append("<h2>Training history</h2>" + _table(keys, [[h[k] for k in keys] for h in report.history]))
+        parts.append(
+            "<h2>Training history</h2>" + _table(keys, [[h[k] for k in keys] for h in report.history])
+        )
     if report.timings:
-        parts.append("<h2>Timings (s)</h2>" + _table(["step", "seconds"], [[k, v] for k, v in report.timings.items()]))
+        parts.append(
+            "<h2>Timings (s)</h2>" + _table(["step", "seconds"], [[k, v] for k, v in report.timings.items()])
+        )
     style = (
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}"
         "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:4px 8px;"

@@ -73,7 +73,10 @@ class Plan:
 def auto_kind(min_per_class: int | None, n_train: int) -> tuple[str, str]:
     """The auto rule: a strategy from the smallest class's count of training examples."""
     if min_per_class is None:  # regression: count examples, scaled to a comparable size
-        n, what = n_train // 10, f"{n_train} training examples (regression, counted as {n_train // 10} per class)"
+        n, what = (
+            n_train // 10,
+            f"{n_train} training examples (regression, counted as {n_train // 10} per class)",
+        )
     else:
         n, what = min_per_class, f"{min_per_class} training examples in the smallest class"
     if n < AUTO_PROBE_BELOW:

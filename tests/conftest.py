@@ -1,0 +1,82 @@
+"""Shared fixtures: a tiny real BERT saved to a local folder, small labeled text sets, paths to real data.
+
+Every test runs offline (HF_HUB_OFFLINE=1) with the feature cache in a per-session folder.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+POSITIVE = ["great", "good", "wonderful", "excellent", "lovely", "fun", "brilliant", "superb"]
+NEGATIVE = ["bad", "awful", "boring", "terrible", "dull", "poor", "horrible", "weak"]
+FILLER = ["the", "movie", "film", "was", "really", "quite", "plot", "acting", "and", "very", "a", "story"]
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *FILLER, *POSITIVE, *NEGATIVE]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_env(tmp_path_factory):
+    os.environ["GRAFT_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature-cache"))
+    yield
+
+
+def make_sentiment(n_per_class: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Short sentences whose label is carried by one sentiment word."""
+    rng = random.Random(seed)
+    rows = []
+    for label, words in (("positive", POSITIVE), ("negative", NEGATIVE)):
+        for _ in range(n_per_class):
+            filler = rng.sample(FILLER, rng.randint(2, 5))
+            filler.insert(rng.randint(0, len(filler)), rng.choice(words))
+            rows.append((" ".join(filler), label))
+    rng.shuffle(rows)
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT with a 36-word vocabulary, saved as a Hugging Face folder."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64,
+    )  # fmt: skip
+    BertModel(config).save_pretrained(folder)
+    BertTokenizer(vocab={w: i for i, w in enumerate(VOCAB)}).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tiny_bert_dir) -> str:
+    return f"hf:{tiny_bert_dir}"
+
+
+@pytest.fixture
+def sentiment_csv(tmp_path) -> Path:
+    path = tmp_path / "sentiment.csv"
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows(make_sentiment(40))
+    return path
+
+
+def shared(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.fail(f"real data missing: {path} (the tests read ../shared/data)")
+    return path

@@ -1,0 +1,127 @@
+"""The Python API across tasks: multiclass, multilabel, regression; inputs checked against the contract."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import graft
+from graft.config import RunConfig, StrategyConfig, TrainConfig
+from graft.errors import ContractError, DataError
+from tests.conftest import FILLER, NEGATIVE, POSITIVE, make_sentiment
+
+
+def test_linear_probe_from_lists(tiny_source):
+    rows = make_sentiment(60)
+    texts, labels = [t for t, _ in rows], [y for _, y in rows]
+    model = graft.fit(texts, labels=labels, backbone=tiny_source, strategy="linear_probe", progress=False)
+    report = model.report_
+    assert report.strategy["kind"] == "linear_probe" and report.strategy["frozen_backbone"]
+    assert report.test.metrics["accuracy"] >= 0.85
+    assert report.test.baselines["majority"]["accuracy"] <= 0.6
+    assert model.predict(["great film", "awful film"]) == ["positive", "negative"]
+    assert model.predict_proba(["great film"]).shape == (1, 2)
+
+
+def test_auto_explains_its_choice(tiny_source, sentiment_csv):
+    model = graft.fit(sentiment_csv, backbone=tiny_source, progress=False)
+    assert model.report_.strategy["kind"] == "linear_probe"
+    assert "smallest class" in model.report_.strategy["reason"]
+
+
+def test_multilabel_end_to_end(tiny_source):
+    rng = random.Random(0)
+    rows = []
+    for _ in range(120):
+        pos, neg = rng.random() < 0.5, rng.random() < 0.5
+        words = (
+            rng.sample(FILLER, 3)
+            + ([rng.choice(POSITIVE)] if pos else [])
+            + ([rng.choice(NEGATIVE)] if neg else [])
+        )
+        rng.shuffle(words)
+        rows.append(
+            {"text": " ".join(words), "tags": "|".join([t for t, on in (("pos", pos), ("neg", neg)) if on])}
+        )
+    df = pd.DataFrame(rows)
+    df.loc[df.tags == "", "tags"] = "none"
+    cfg = RunConfig().replace("data", label_sep="|")
+    model = graft.fit(df, backbone=tiny_source, strategy="linear_probe", config=cfg, progress=False)
+    assert model.task == "multilabel" and set(model.label_space) == {"neg", "none", "pos"}
+    assert model.report_.test.metrics["micro_f1"] >= 0.7
+    preds = model.predict(["great awful movie"])
+    assert isinstance(preds[0], list)
+
+
+def test_regression_end_to_end(tiny_source):
+    rng = random.Random(1)
+    texts, values = [], []
+    for _ in range(150):
+        n = rng.randint(0, 3)
+        texts.append(" ".join(rng.sample(FILLER, 2) + ["great"] * n + ["movie"]))
+        values.append(n * 1.5 + 0.25 + rng.random() * 0.1)
+    model = graft.fit(texts, labels=values, backbone=tiny_source, strategy="linear_probe", progress=False)
+    assert model.task == "regression"
+    result = model.report_.test
+    assert result.metrics["r2"] > 0.5 and result.metrics["mae"] < result.baselines["majority"]["mae"]
+    with pytest.raises(ContractError, match="no class probabilities"):
+        model.predict_proba(["great movie"])
+    assert isinstance(model.predict(["great great movie"])[0], float)
+
+
+def test_separate_val_and_test_files(tiny_source, tmp_path):
+    import csv
+
+    for name, seed in (("train", 0), ("val", 1), ("test", 2)):
+        with open(tmp_path / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            w.writerows(make_sentiment(20, seed))
+    model = graft.fit(tmp_path / "train.csv", backbone=tiny_source, strategy="linear_probe",
+                      val=tmp_path / "val.csv", test=tmp_path / "test.csv", progress=False)  # fmt: skip
+    data = model.report_.data
+    assert (data["train"], data["validation"], data["test"]) == (40, 40, 40)
+
+
+def test_evaluate_refuses_labels_outside_the_label_space(tiny_source, sentiment_csv, tmp_path):
+    model = graft.fit(sentiment_csv, backbone=tiny_source, strategy="linear_probe", progress=False)
+    other = tmp_path / "other.csv"
+    other.write_text("text,label\ngreat movie,positive\nmeh,neutral\n")
+    with pytest.raises(DataError, match=r"line 3: label 'neutral' is not one the model was trained on"):
+        model.evaluate(other)
+    result = model.evaluate(sentiment_csv)
+    assert result.n == 80 and result.baselines["majority"]["accuracy"] == pytest.approx(0.5)
+
+
+def test_contract_checks_at_predict_time(tiny_source, sentiment_csv):
+    model = graft.fit(sentiment_csv, backbone=tiny_source, strategy="linear_probe", progress=False)
+    with pytest.raises(ContractError, match="image files"):
+        model.predict(["a.jpg", "b.jpeg"])
+    with pytest.raises(ContractError, match="expected a text column 'text'"):
+        model.predict(pd.DataFrame({"body": ["great"], "x": [1]}))
+    with pytest.raises(ContractError, match="wrap it in a list"):
+        model.predict("great movie")
+    assert model.predict(pd.DataFrame({"text": ["great movie"], "id": [7]})) in (["positive"], ["negative"])
+
+
+def test_truncated_texts_are_counted_and_reported(tiny_source, sentiment_csv):
+    cfg = RunConfig().replace("backbone", max_length=6)
+    model = graft.fit(
+        sentiment_csv, backbone=tiny_source, strategy="linear_probe", config=cfg, progress=False
+    )
+    assert model.report_.data["truncated_texts"] > 0
+
+
+def test_fit_rejects_a_partial_strategy_on_too_few_groups(tiny_source, sentiment_csv):
+    cfg = RunConfig(strategy=StrategyConfig(kind="partial", unfreeze_top=9), train=TrainConfig(epochs=1))
+    with pytest.raises(graft.ConfigError, match="only 3 layer groups"):
+        graft.fit(sentiment_csv, backbone=tiny_source, config=cfg, progress=False)
+
+
+def test_predictions_are_deterministic(tiny_source, sentiment_csv):
+    a = graft.fit(sentiment_csv, backbone=tiny_source, strategy="linear_probe", progress=False)
+    b = graft.fit(sentiment_csv, backbone=tiny_source, strategy="linear_probe", progress=False)
+    np.testing.assert_array_equal(a.predict_proba(["great", "dull"]), b.predict_proba(["great", "dull"]))

@@ -1,0 +1,103 @@
+"""The backbone registry and the Hugging Face text backbone, on a tiny BERT saved to disk."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from graft.backbones import create_backbone, list_backbones, parse_source, register_backbone
+from graft.backbones.base import check_modality
+from graft.errors import ConfigError, ContractError
+
+
+def test_registry_lists_and_matches():
+    assert [s.name for s in list_backbones()] == ["hf", "minilm"]
+    assert [s.name for s in list_backbones("mini*")] == ["minilm"]
+
+
+def test_unknown_source_lists_close_matches():
+    with pytest.raises(ConfigError, match="did you mean 'minilm'"):
+        parse_source("minlm")
+
+
+def test_duplicate_registration_raises():
+    with pytest.raises(ConfigError, match="already registered"):
+        register_backbone("minilm", lambda a, m: None, modality="text", description="x")
+
+
+def test_argument_rules():
+    with pytest.raises(ConfigError, match="needs an argument"):
+        parse_source("hf")
+    with pytest.raises(ConfigError, match="takes no argument"):
+        parse_source("minilm:foo")
+
+
+def test_missing_local_folder_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="folder not found"):
+        create_backbone(f"hf:{tmp_path}/absent/model")
+
+
+def test_unknown_hub_id_offline_is_a_config_error():
+    with pytest.raises(ConfigError, match="hub is offline"):
+        create_backbone("hf:nobody/not-a-model")
+
+
+def test_tiny_bert_contract_groups_and_features(tiny_source):
+    bb = create_backbone(tiny_source)
+    assert bb.contract.modality == "text"
+    assert bb.contract.preprocessing["pooling"] == "mean"
+    assert bb.max_length == 64  # from max_position_embeddings: the tokenizer sets no real limit
+    groups = bb.layer_groups()
+    assert [g.name for g in groups] == ["embeddings", "layer.0", "layer.1"]
+    # every parameter in exactly one group, matched by identity; the unused pooler is gone
+    ids = [id(p) for g in groups for p in g.params.values()]
+    assert len(ids) == len(set(ids)) == len(list(bb.parameters()))
+    assert bb.model.pooler is None
+    batch = bb.preprocess(["the movie was great", "bad"])
+    feats = bb(batch)
+    assert feats.shape == (2, bb.feature_dim) and torch.isfinite(feats).all()
+    # padding does not change a text's features (mask-aware mean pooling)
+    alone = bb(bb.preprocess(["bad"]))
+    torch.testing.assert_close(feats[1], alone[0], rtol=1e-4, atol=1e-5)
+
+
+def test_truncation_is_counted(tiny_source):
+    bb = create_backbone(tiny_source, max_length=8)
+    texts = ["the movie was great", " ".join(["very"] * 20), "x" * 3]
+    assert bb.count_truncated(texts) == 1
+
+
+def test_weights_hash_tracks_weights(tiny_source):
+    a, b = create_backbone(tiny_source), create_backbone(tiny_source)
+    assert a.weights_sha256() == b.weights_sha256()
+    with torch.no_grad():
+        next(b.parameters()).add_(1.0)
+    assert a.weights_sha256() != b.weights_sha256()
+
+
+def test_modality_mismatch_names_both():
+    from graft.backbones.base import Contract
+
+    with pytest.raises(ContractError, match=r"pretrained on image but data.csv holds text"):
+        check_modality("text", Contract("image"), "resnet", "data.csv")
+
+
+def test_sentence_transformers_pooling_config_is_read(tmp_path, tiny_bert_dir):
+    import json
+    import shutil
+
+    folder = tmp_path / "st"
+    shutil.copytree(tiny_bert_dir, folder)
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 16}))
+    bb = create_backbone(f"hf:{folder}")
+    assert (bb.pooling, bb.normalize, bb.max_length) == ("cls", True, 16)
+    feats = bb(bb.preprocess(["the movie", "was great"]))
+    torch.testing.assert_close(feats.norm(dim=-1), torch.ones(2))

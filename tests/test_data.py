@@ -1,0 +1,255 @@
+"""Reading text data: formats, column detection, encodings, validation that names rows, splits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from graft.config import DataConfig
+from graft.data import DataWarning, make_split, read_text_dataset, read_text_inputs
+from graft.errors import ContractError, DataError
+from tests.conftest import shared
+
+
+def write(tmp_path, name: str, content: str | bytes):
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+# -- real files --------------------------------------------------------------------------------
+
+
+def test_sms_spam_tsv_loads_every_row_despite_unbalanced_quotes():
+    ds = read_text_dataset(shared("text", "sms_spam", "SMSSpamCollection.tsv"))
+    assert len(ds) == 5574
+    assert ds.label_space == ("ham", "spam")
+    assert ds.class_counts() == {"ham": 4827, "spam": 747}
+    assert ds.report.duplicates == 403
+    # a text with a bare quote is kept whole, quote included
+    assert any('"' in t for t in ds.examples)
+    assert ds.examples[0].startswith("Go until jurong point")
+
+
+def test_sst2_csv_and_trec_jsonl():
+    sst = read_text_dataset(shared("text", "sst2", "train.csv"))
+    assert (len(sst), sst.label_space, sst.text_col) == (6920, ("negative", "positive"), "text")
+    trec = read_text_dataset(shared("text", "trec", "train.jsonl"))
+    assert len(trec) == 5452 and trec.class_counts()["ABBR"] == 86
+    assert trec.report.duplicates == 71
+
+
+def test_headerless_txt_with_integer_labels():
+    ds = read_text_dataset(shared("text", "uci_sentiment", "amazon_cells_labelled.txt"))
+    assert len(ds) == 1000 and ds.label_space == (0, 1)
+    assert ds.examples[0].startswith("So there is no way")
+
+
+# -- formats and columns -----------------------------------------------------------------------
+
+
+def test_csv_with_named_columns_and_explicit_choice(tmp_path):
+    path = write(
+        tmp_path,
+        "t.csv",
+        'id,body,intent\n1,"hello, world",greet\n2,bye now,leave\n3,hi,greet\n4,see you,leave\n',
+    )
+    ds = read_text_dataset(path, DataConfig(text_col="body", label_col="intent"))
+    assert ds.examples[0] == "hello, world" and ds.label_space == ("greet", "leave")
+    assert ds.rows == [2, 3, 4, 5]
+
+
+def test_unknown_column_names_the_columns(tmp_path):
+    path = write(tmp_path, "t.csv", "text,label\na,x\nb,y\n")
+    with pytest.raises(DataError, match=r"no text column 'body'.*\['text', 'label'\]"):
+        read_text_dataset(path, DataConfig(text_col="body"))
+
+
+def test_ambiguous_columns_ask_for_text_col(tmp_path):
+    path = write(tmp_path, "t.csv", "left,right,label\nfoo bar,long words,x\nbaz,more words,y\n")
+    with pytest.raises(DataError, match="--text-col"):
+        read_text_dataset(path, DataConfig(label_col="label"))
+
+
+def test_quoted_tsv_is_parsed_with_quotes(tmp_path):
+    path = write(tmp_path, "q.tsv", 'text\tlabel\n"a\ttab inside"\tx\n"plain"\ty\n"more"\tx\n"again"\ty\n')
+    ds = read_text_dataset(path)
+    assert ds.examples[0] == "a\ttab inside"
+
+
+def test_jsonl_list_labels_are_multilabel(tmp_path):
+    rows = [{"text": f"t{i}", "labels": ["a", "b"] if i % 2 else ["a"]} for i in range(6)]
+    path = write(tmp_path, "m.jsonl", "\n".join(json.dumps(r) for r in rows))
+    ds = read_text_dataset(path)
+    assert ds.task == "multilabel" and ds.label_space == ("a", "b")
+    assert ds.targets.tolist()[:2] == [[1.0, 0.0], [1.0, 1.0]]
+
+
+def test_delimited_multilabel_and_regression(tmp_path):
+    path = write(tmp_path, "m.csv", "text,tags\nx,a|b\ny,b\nz,a\nw,a|c\n")
+    ds = read_text_dataset(path, DataConfig(label_sep="|"))
+    assert ds.task == "multilabel" and ds.label_space == ("a", "b", "c")
+    reg = read_text_dataset(write(tmp_path, "r.csv", "text,score\nx,0.5\ny,1.25\nz,3\n"))
+    assert reg.task == "regression" and reg.targets.dtype == np.float32
+    assert reg.label_space == ()
+
+
+def test_dataframe_dict_pairs_and_lists_agree():
+    texts, labels = ["good", "bad", "fine", "awful"], ["p", "n", "p", "n"]
+    a = read_text_dataset(pd.DataFrame({"text": texts, "label": labels}))
+    b = read_text_dataset({"text": texts, "label": labels})
+    c = read_text_dataset(list(zip(texts, labels, strict=True)))
+    d = read_text_dataset(texts, labels=labels)
+    assert a.fingerprint() == b.fingerprint() == c.fingerprint() == d.fingerprint()
+
+
+def test_integer_labels_from_csv_and_json_mean_the_same_class(tmp_path):
+    csv_ds = read_text_dataset(write(tmp_path, "a.csv", "text,label\nx,1\ny,0\nz,1\nw,0\n"))
+    json_ds = read_text_dataset([("x", 1), ("y", 0), ("z", 1), ("w", 0)])
+    assert csv_ds.label_space == json_ds.label_space == (0, 1)
+
+
+# -- encodings ---------------------------------------------------------------------------------
+
+
+def test_cp1252_fallback_warns_naming_the_lines(tmp_path):
+    raw = "text,label\ncaf\u00e9 ok,a\nplain,b\n".encode() + "na\u00efve,a\nok,b\n".encode("cp1252")
+    path = write(tmp_path, "enc.csv", raw)
+    with pytest.warns(DataWarning, match=r"lines 4\)"):
+        ds = read_text_dataset(path)
+    assert ds.examples[2] == "na\u00efve"
+    assert "cp1252" in ds.report.warnings[0]
+
+
+def test_undecodable_bytes_name_the_line(tmp_path):
+    path = write(tmp_path, "bad.csv", b"text,label\nok,a\nbad \x81 byte,b\n")
+    with pytest.raises(DataError, match=r"line 3: byte 0x81"):
+        read_text_dataset(path)
+
+
+def test_explicit_wrong_encoding_names_the_line(tmp_path):
+    path = write(tmp_path, "bad.csv", "text,label\nok,a\ncaf\u00e9,b\n".encode())
+    with pytest.raises(DataError, match=r"line 3 is not valid ascii"):
+        read_text_dataset(path, DataConfig(encoding="ascii"))
+
+
+def test_utf8_bom_is_stripped(tmp_path):
+    path = write(tmp_path, "bom.csv", b"\xef\xbb\xbftext,label\nx,a\ny,b\nz,a\nw,b\n")
+    assert read_text_dataset(path).text_col == "text"
+
+
+# -- validation: every problem, once, with rows ------------------------------------------------
+
+
+def test_every_bad_row_is_reported_at_once(tmp_path):
+    path = write(tmp_path, "bad.csv", "text,label\ngood,a\n,a\nfine,\n  ,b\nok,b\nyes,a\n")
+    with pytest.raises(DataError) as info:
+        read_text_dataset(path)
+    message = str(info.value)
+    assert "3 problems" in message
+    assert "line 3: empty text" in message
+    assert "line 4: missing label" in message
+    assert "line 5: empty text" in message
+
+
+def test_one_class_is_refused(tmp_path):
+    with pytest.raises(DataError, match=r"only one class \('a'\)"):
+        read_text_dataset(write(tmp_path, "one.csv", "text,label\nx,a\ny,a\n"))
+
+
+def test_class_with_one_example_names_class_and_line(tmp_path):
+    path = write(tmp_path, "small.csv", "text,label\nx,a\ny,a\nz,b\nw,b\nv,c\n")
+    with pytest.raises(DataError, match=r"class 'c' has only 1 example \(line 6\)"):
+        read_text_dataset(path)
+
+
+def test_wrong_field_count_names_lines(tmp_path):
+    path = write(tmp_path, "f.csv", "text,label\nx,a\ny,b,extra\nz,a\nq\n")
+    with pytest.raises(DataError) as info:
+        read_text_dataset(path)
+    assert "line 3: expected 2 fields, found 3" in str(info.value)
+    assert "line 5: expected 2 fields, found 1" in str(info.value)
+
+
+def test_bad_json_lines_are_all_named(tmp_path):
+    path = write(tmp_path, "b.jsonl", '{"text": "x", "label": "a"}\n{bad\n{"text": "y", "label": "b"}\n[1]\n')
+    with pytest.raises(DataError) as info:
+        read_text_dataset(path)
+    assert "line 2: not valid JSON" in str(info.value) and "line 4: expected a JSON object" in str(info.value)
+
+
+def test_regression_label_that_is_not_a_number(tmp_path):
+    path = write(tmp_path, "r.csv", "text,y\na,1.5\nb,lots\nc,2.5\n")
+    with pytest.raises(DataError, match=r"line 3: label 'lots' is not a finite number"):
+        read_text_dataset(path, DataConfig(task="regression"))
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        read_text_dataset(tmp_path / "nope.csv")
+    with pytest.raises(DataError, match="is a folder"):
+        read_text_dataset(tmp_path)
+
+
+def test_conflicting_duplicates_are_counted(tmp_path):
+    ds = read_text_dataset(write(tmp_path, "d.csv", "text,label\nx,a\nx,a\nx,b\ny,b\n"))
+    assert (ds.report.duplicates, ds.report.conflicting_duplicates) == (2, 1)
+
+
+def test_unknown_label_in_evaluation_data(tmp_path):
+    path = write(tmp_path, "e.csv", "text,label\nx,a\ny,zzz\n")
+    with pytest.raises(DataError, match=r"line 3: label 'zzz' is not one the model was trained on"):
+        read_text_dataset(path, label_space=("a", "b"), task="multiclass", require_min_per_class=False)
+
+
+# -- inputs for prediction (the contract) -------------------------------------------------------
+
+
+def test_inputs_of_another_modality_are_refused(tmp_path):
+    with pytest.raises(ContractError, match=r"takes text .* inputs are image files"):
+        read_text_inputs(["cat.jpg", "dog.png"])
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        (tmp_path / "imgs" / f"{i}.wav").write_bytes(b"RIFF")
+    with pytest.raises(ContractError, match="holds audio files"):
+        read_text_inputs(tmp_path / "imgs")
+
+
+def test_missing_text_column_names_expected_column(tmp_path):
+    path = write(tmp_path, "in.csv", "body,other\nhello,1\n")
+    with pytest.raises(ContractError, match=r"expected a text column 'text'.*\['body', 'other'\]"):
+        read_text_inputs(path, text_col="text")
+
+
+def test_non_text_inputs_name_the_item():
+    with pytest.raises(ContractError, match="input 1 is int"):
+        read_text_inputs(["fine", 3])
+
+
+def test_txt_inputs_one_per_line(tmp_path):
+    path = write(tmp_path, "in.txt", "first text\n\nsecond, with comma\n")
+    assert read_text_inputs(path) == ["first text", "second, with comma"]
+
+
+# -- splits ------------------------------------------------------------------------------------
+
+
+def test_split_is_stratified_disjoint_and_seeded():
+    texts = [f"t{i}" for i in range(200)]
+    labels = ["a"] * 150 + ["b"] * 50
+    ds = read_text_dataset(texts, labels=labels)
+    s1 = make_split(ds, seed=3)
+    s2 = make_split(ds, seed=3)
+    idx = s1.indices
+    assert set(idx["train"]).isdisjoint(idx["val"]) and set(idx["train"]).isdisjoint(idx["test"])
+    assert set(idx["val"]).isdisjoint(idx["test"])
+    assert len(idx["train"]) + len(idx["val"]) + len(idx["test"]) == 200
+    assert np.array_equal(idx["test"], s2.indices["test"])
+    assert s1.test.class_counts() == {"a": 30, "b": 10}
+    assert s1.train.examples == [texts[i] for i in idx["train"]]
