@@ -89,7 +89,8 @@ def test_partial_with_too_many_groups_is_refused(model):
 
 
 @pytest.mark.parametrize(
-    ("per_class", "expected"), [(5, "linear_probe"), (99, "linear_probe"), (100, "partial"), (5000, "full")]
+    ("per_class", "expected"),
+    [(5, "linear_probe"), (499, "linear_probe"), (500, "partial"), (1499, "partial"), (1500, "full")],
 )
 def test_auto_rule(per_class, expected):
     kind, reason = auto_kind(per_class, per_class * 2)

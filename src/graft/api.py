@@ -64,10 +64,18 @@ class Model:
         report_: the run report when the model was fitted in this process, else ``None``.
     """
 
-    def __init__(self, network: TaskModel, manifest: dict[str, Any], report: RunReport | None = None) -> None:
+    def __init__(
+        self,
+        network: TaskModel,
+        manifest: dict[str, Any],
+        report: RunReport | None = None,
+        artifacts: dict[str, Any] | None = None,
+    ) -> None:
         self.network_ = network
         self.manifest_ = manifest
         self.report_ = report
+        # metrics.json and report.html of a loaded bundle, kept so that save() loses nothing
+        self.artifacts_ = artifacts or {}
 
     @property
     def task(self) -> str:
@@ -149,9 +157,11 @@ class Model:
     def save(self, path: str | Path) -> Path:
         """Write this model as a bundle (atomically)."""
         manifest = {k: v for k, v in self.manifest_.items() if k not in _GENERATED_KEYS}
-        report = self.report_.to_dict() if self.report_ else self.manifest_.get("metrics", {})
-        html = self.report_.to_html() if self.report_ else "<!doctype html><p>no report</p>"
-        return save_bundle(path, self.network_, manifest, metrics=report, report_html=html)
+        if self.report_ is not None:
+            metrics, html = self.report_.to_dict(), self.report_.to_html()
+        else:
+            metrics, html = self.artifacts_["metrics"], self.artifacts_["report_html"]
+        return save_bundle(path, self.network_, manifest, metrics=metrics, report_html=html)
 
 
 _GENERATED_KEYS = ("format_version", "created_at", "versions", "files")
@@ -206,7 +216,11 @@ def load(path: str | Path) -> Model:
         BundleError: missing, modified or unsupported bundle.
     """
     folder, manifest = read_manifest(path)
-    return Model(load_network(folder, manifest), manifest)
+    artifacts = {
+        "metrics": json.loads((folder / "metrics.json").read_text(encoding="utf-8")),
+        "report_html": (folder / "report.html").read_text(encoding="utf-8"),
+    }
+    return Model(load_network(folder, manifest), manifest, artifacts=artifacts)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -362,7 +376,7 @@ def fit(
     source = read_text_dataset(data, cfg.data, labels=labels)
     space = source.label_space if source.task != "regression" else None
 
-    def read_extra(extra: Any, name: str) -> Dataset | None:
+    def read_extra(extra: Any) -> Dataset | None:
         if extra is None:
             return None
         return read_text_dataset(
@@ -370,8 +384,8 @@ def fit(
             require_min_per_class=False, prefer_columns=(source.text_col, source.label_col),
         )  # fmt: skip
 
-    val_ds = read_extra(cfg.data.val if val is None or isinstance(val, str | Path) else val, "val")
-    test_ds = read_extra(cfg.data.test if test is None or isinstance(test, str | Path) else test, "test")
+    val_ds = read_extra(cfg.data.val if val is None or isinstance(val, str | Path) else val)
+    test_ds = read_extra(cfg.data.test if test is None or isinstance(test, str | Path) else test)
     fingerprint = source.fingerprint()
     _say(progress, f"data: {source.source}: {source.report.summary()}; " + "; ".join(source.report.notes))
     for warning in source.report.warnings:
@@ -462,8 +476,6 @@ def fit(
         history = [dataclasses.asdict(e) for e in hist.epochs]
         validation.update(best=hist.best_metric, best_epoch=hist.best_epoch, stopped_early=hist.stopped_early)
         timings["fine_tune"] = time.perf_counter() - t
-        for p in network.parameters():
-            p.requires_grad_(False)
         test_outputs = head_outputs(
             head, extract_features(bb, split.test.examples, progress=progress, desc="scoring test set")
         )

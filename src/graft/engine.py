@@ -193,6 +193,8 @@ class Engine:
                 history.resumed_from_epoch = len(history.epochs)
                 start_phase, start_epoch = saved["phase_index"], saved["epoch_in_phase"]
                 bad_epochs = saved["bad_epochs"]
+                if history.stopped_early or bad_epochs >= cfg.patience:
+                    start_phase = len(phases)  # it had stopped early; only the bundle was missing
                 torch.set_rng_state(saved["rng"]["torch"])
                 if torch.cuda.is_available() and "cuda" in saved["rng"]:
                     torch.cuda.set_rng_state_all(saved["rng"]["cuda"])

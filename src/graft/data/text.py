@@ -79,6 +79,8 @@ def decode_bytes(raw: bytes, source: str, encoding: str | None, report: DataRepo
     An explicit ``encoding`` is used as is; a failure names the line and byte.
     """
     if encoding:
+        if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+            encoding = "utf-8-sig"
         try:
             return raw.decode(encoding)
         except LookupError:
