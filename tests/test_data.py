@@ -253,3 +253,10 @@ def test_split_is_stratified_disjoint_and_seeded():
     assert np.array_equal(idx["test"], s2.indices["test"])
     assert s1.test.class_counts() == {"a": 30, "b": 10}
     assert s1.train.examples == [texts[i] for i in idx["train"]]
+
+
+def test_positional_text_column_from_headerless_training_data(tmp_path):
+    headerless = write(tmp_path, "in.tsv", "ham\thello there\nspam\twin a prize now\nham\tok\n")
+    assert read_text_inputs(headerless, text_col="1") == ["hello there", "win a prize now", "ok"]
+    named = write(tmp_path, "in.csv", "id,text\n1,hello there\n")
+    assert read_text_inputs(named, text_col="1") == ["hello there"]

@@ -263,8 +263,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import csv
-
     from graft.api import decode_outputs, load
     from graft.data import read_text_inputs
 
@@ -293,14 +291,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.out:
         from graft.serialization import atomic_write_bytes
 
-        buffer = _csv_text(rows)
-        atomic_write_bytes(args.out, buffer.encode("utf-8"))
+        atomic_write_bytes(args.out, _csv_text(rows).encode("utf-8"))
         message = {"predictions": str(args.out), "n": len(rows)}
         print(json.dumps(message) if args.json else f"wrote {len(rows)} predictions to {args.out}")
     else:
-        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["text", "prediction"])
-        writer.writeheader()
-        writer.writerows(rows)
+        sys.stdout.write(_csv_text(rows))
     return EXIT_OK
 
 

@@ -530,7 +530,9 @@ def read_text_inputs(data: Any, text_col: str | None = None, encoding: str | Non
         j = table.columns.index(text_col)
     elif len(table.columns) == 1:
         j = 0
-    elif text_col:
+    elif text_col and not (text_col.isdigit() and table.has_header):
+        # A positional name (the model was trained on a file without a header) says nothing about
+        # a file with named columns: those are matched by name below.
         raise ContractError(
             f"{table.source}: expected a text column {text_col!r} (the column this model was trained on); "
             f"the input has columns {table.columns}; pass --text-col to name the text column"
