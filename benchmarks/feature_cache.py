@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "text" / "sst2" / "train.csv"
+SHARED = Path(os.environ.get("GRAFT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+DEFAULT_DATA = SHARED / "text" / "sst2" / "train.csv"
 GRAFT = [sys.executable, "-m", "graft"]
 
 

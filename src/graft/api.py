@@ -32,7 +32,7 @@ from graft.backbones import create_backbone
 from graft.backbones.base import check_modality
 from graft.bundle import load_network, read_manifest, save_bundle
 from graft.config import BackboneConfig, DataConfig, RunConfig, StrategyConfig
-from graft.data import Dataset, make_split, read_text_dataset, read_text_inputs
+from graft.data import Dataset, Split, make_split, read_text_dataset, read_text_inputs
 from graft.data.dataset import examples_fingerprint
 from graft.engine import Callback, Engine, fit_probe
 from graft.errors import ConfigError, ContractError
@@ -463,8 +463,9 @@ def fit(
         timings["train_head"] = time.perf_counter() - t
         test_outputs = head_outputs(head, split_features("test"))
     else:
-        sample = split.train.examples[:HEAD_STATS_SAMPLE]
-        head.set_input_stats(extract_features(bb, sample, progress=False))
+        rng = np.random.default_rng(cfg.train.seed)
+        sample = rng.choice(len(split.train), min(HEAD_STATS_SAMPLE, len(split.train)), replace=False)
+        head.set_input_stats(extract_features(bb, [split.train.examples[i] for i in sample], progress=False))
         engine = Engine(
             cfg.train, metric=metric_name, progress=progress, callbacks=callbacks,
             checkpoint_dir=out_dir / "checkpoints" if out_dir else None,
@@ -489,29 +490,14 @@ def fit(
     if feats.hits:
         _say(progress, "features: " + ", ".join("from cache" if h else "computed" for h in feats.hits))
 
-    data_summary = {
-        "source": source.source,
-        "rows": len(source),
-        "train": len(split.train),
-        "validation": len(split.val),
-        "test": len(split.test),
-        "split": split.description,
-        "duplicates": source.report.duplicates,
-        "conflicting_duplicates": source.report.conflicting_duplicates,
-        "truncated_texts": truncated,
-        "train_class_counts": {str(k): v for k, v in split.train.class_counts().items()},
-        "warnings": source.report.warnings,
-        "notes": source.report.notes,
-    }
     report = RunReport(
         backbone=cfg.backbone.source,
         task=source.task,
         label_space=list(source.label_space),
         strategy=plan.to_dict(),
-        data=data_summary,
+        data=_data_summary(source, split, truncated),
         test=result,
-        validation={k: v for k, v in validation.items() if k != "grid"}
-        | {"grid": validation.get("grid", [])},
+        validation=validation,
         history=history,
         timings=timings,
     )
@@ -554,6 +540,23 @@ def fit(
         _say(progress, f"bundle: {path}")
     report.timings["total"] = time.perf_counter() - t_start
     return model
+
+
+def _data_summary(source: Dataset, split: Split, truncated: int) -> dict[str, Any]:
+    return {
+        "source": source.source,
+        "rows": len(source),
+        "train": len(split.train),
+        "validation": len(split.val),
+        "test": len(split.test),
+        "split": split.description,
+        "duplicates": source.report.duplicates,
+        "conflicting_duplicates": source.report.conflicting_duplicates,
+        "truncated_texts": truncated,
+        "train_class_counts": {str(k): v for k, v in split.train.class_counts().items()},
+        "warnings": source.report.warnings,
+        "notes": source.report.notes,
+    }
 
 
 def _targets(ds: Dataset) -> torch.Tensor:
