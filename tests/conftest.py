@@ -15,7 +15,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-
 def _find_shared_data() -> Path | None:
     """../shared/data beside the checkout; a clone elsewhere (CI, mktemp) sets GRAFT_SHARED_DATA or
     falls back to the team machines' /work/shared/data."""
