@@ -174,11 +174,13 @@ def head_outputs(head: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
 
 
 def decode_outputs(task: str, label_space: tuple[Any, ...], values: np.ndarray) -> list[Any]:
+    """Activated outputs -> labels, lists of labels, or values."""
+    predicted = _predicted_targets(task, values)
     if task == "multiclass":
-        return [label_space[i] for i in values.argmax(1)]
+        return [label_space[i] for i in predicted]
     if task == "multilabel":
-        return [[label_space[j] for j in np.flatnonzero(row > 0.5)] for row in values]
-    return [float(v) for v in values]
+        return [[label_space[j] for j in np.flatnonzero(row)] for row in predicted]
+    return [float(v) for v in predicted]
 
 
 def _predicted_targets(task: str, activated: np.ndarray) -> np.ndarray:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -387,10 +386,6 @@ class Engine:
         path = self.checkpoint_dir / "best.safetensors" if self.checkpoint_dir else None
         return load_tensors(path) if path and path.is_file() else None
 
-    def clear_checkpoints(self) -> None:
-        if self.checkpoint_dir and self.checkpoint_dir.exists():
-            shutil.rmtree(self.checkpoint_dir)
-
 
 def _restore_optimizer(optimizer, scheduler, groups, state: dict[str, Any]) -> None:
     _load_optimizer_by_name(optimizer, groups, state["optimizer"], state["optimizer_tensors"])
@@ -440,9 +435,7 @@ def _load_optimizer_by_name(optimizer, groups, meta, tensors) -> None:
     position = 0
     for saved in saved_groups:
         n = len(saved["param_names"])
-        param_groups.append(
-            {k: v for k, v in saved.items()} | {"params": list(range(position, position + n))}
-        )
+        param_groups.append(dict(saved) | {"params": list(range(position, position + n))})
         position += n
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 

@@ -120,14 +120,6 @@ class Dataset:
         """sha256 over the examples only (features do not depend on labels)."""
         return examples_fingerprint(self.modality, self.examples)
 
-    def decode(self, targets: np.ndarray) -> list[Any]:
-        """Encoded targets back to user-facing labels."""
-        if self.task == "multiclass":
-            return [self.label_space[int(t)] for t in targets]
-        if self.task == "multilabel":
-            return [[self.label_space[j] for j in np.flatnonzero(row)] for row in targets]
-        return [float(t) for t in targets]
-
 
 def examples_fingerprint(modality: str, examples: list[Any]) -> str:
     """sha256 identifying a list of inputs (length-prefixed, so boundaries count)."""

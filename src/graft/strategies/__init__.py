@@ -154,8 +154,9 @@ def set_train_mode(model: nn.Module) -> None:
     Frozen BN layers in train mode would keep updating their running statistics (Keras #9965).
     """
     model.train()
+    batch_norms = _batch_norm_types()
     for module in model.backbone.modules():
-        if isinstance(module, _batch_norm_types()) and not any(
+        if isinstance(module, batch_norms) and not any(
             p.requires_grad for p in module.parameters(recurse=False)
         ):
             module.eval()
