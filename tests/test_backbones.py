@@ -11,7 +11,7 @@ from graft.errors import ConfigError, ContractError
 
 
 def test_registry_lists_and_matches():
-    assert [s.name for s in list_backbones()] == ["hf", "minilm"]
+    assert [s.name for s in list_backbones()] == ["arch", "bundle", "hf", "minilm", "timm", "torchvision"]
     assert [s.name for s in list_backbones("mini*")] == ["minilm"]
 
 

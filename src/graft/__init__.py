@@ -37,6 +37,8 @@ _LAZY = {
     "create_backbone": "graft.backbones",
     "list_backbones": "graft.backbones",
     "register_backbone": "graft.backbones",
+    "Backbone": "graft.backbones.base",
+    "pretrain": "graft.api",
 }
 
 

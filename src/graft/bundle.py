@@ -122,12 +122,16 @@ def read_manifest(path: str | Path, verify: bool = True) -> tuple[Path, dict[str
     return folder, manifest
 
 
-def load_network(folder: Path, manifest: dict[str, Any]) -> Any:
-    """Rebuild the TaskModel recorded in a verified bundle and load its weights."""
+def load_network(folder: Path, manifest: dict[str, Any], module: Any = None) -> Any:
+    """Rebuild the TaskModel recorded in a verified bundle and load its weights.
+
+    ``module``: a fresh instance of the user's own network, for bundles made with
+    ``Backbone.from_module`` on a class graft cannot rebuild itself.
+    """
     from graft.backbones import backbone_from_saved
     from graft.heads import TaskModel, make_head
 
-    backbone = backbone_from_saved(folder / "backbone", manifest["backbone"])
+    backbone = backbone_from_saved(folder / "backbone", manifest["backbone"], module=module)
     head_spec = manifest["head"]
     head = make_head(manifest["task"], head_spec["in_dim"], head_spec["n_outputs"])
     network = TaskModel(backbone, head)
@@ -140,3 +144,27 @@ def load_network(folder: Path, manifest: dict[str, Any]) -> Any:
         )
     network.eval()
     return network
+
+
+def bundle_backbone(path: str | Path) -> Any:
+    """The (trained) backbone of a bundle, without its head: ``bundle:<path>`` as a source.
+
+    The bundle is verified first; the backbone keeps the bundle's contract, so transfer from your
+    own earlier model (or one made with ``graft pretrain``) checks inputs exactly as that model did.
+    """
+    from graft.backbones import backbone_from_saved
+
+    folder, manifest = read_manifest(path)
+    backbone = backbone_from_saved(folder / "backbone", manifest["backbone"])
+    state = load_tensors(folder / WEIGHTS)
+    prefix = "backbone."
+    own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    missing, unexpected = backbone.load_state_dict(own, strict=False)
+    if missing or unexpected:
+        raise BundleError(
+            f"{folder / WEIGHTS}: the backbone weights do not match its recorded architecture "
+            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
+    backbone.source = f"bundle:{path}"
+    backbone.eval()
+    return backbone

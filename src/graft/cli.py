@@ -81,6 +81,12 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
         for f, hint in cli_fields(cls):
             kind, choices = _type_for(hint)
             default = getattr(defaults, f.name)
+            if kind is bool:
+                group.add_argument(
+                    flag_for(f), dest=f"{_section}.{f.name}", action="store_true", default=None,
+                    help=f.metadata["help"],
+                )  # fmt: skip
+                continue
             shown = "" if default is None else f" (default: {default})"
             group.add_argument(
                 flag_for(f),

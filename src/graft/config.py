@@ -23,6 +23,7 @@ from graft.errors import ConfigError
 TaskKind = Literal["auto", "multiclass", "multilabel", "regression"]
 StrategyKind = Literal["auto", "linear_probe", "partial", "full"]
 Precision = Literal["auto", "no", "fp16", "bf16"]
+Augment = Literal["auto", "none", "crop", "crop_flip"]
 
 
 def _help(text: str, flag: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -47,6 +48,21 @@ class DataConfig:
     )
     label_col: str | None = field(
         default=None, metadata=_help("column holding the label (name, or 0-based index without a header)")
+    )
+    path_col: str | None = field(
+        default=None,
+        metadata=_help("column of image/audio file paths in a CSV/JSONL (relative to that file)"),
+    )
+    label_regex: str | None = field(
+        default=None,
+        metadata=_help(
+            "take each file's label from its name with this regex's first group, e.g. '^(\\d+)_' "
+            "for FSDD digits (folders of files without class sub-folders)"
+        ),
+    )
+    skip_bad: bool = field(
+        default=False,
+        metadata=_help("skip unreadable image/audio files (listed in the report) instead of failing"),
     )
     task: TaskKind = field(
         default="auto", metadata=_help("multiclass, multilabel or regression; auto infers it from the labels")
@@ -84,6 +100,18 @@ class DataConfig:
             raise ConfigError("label_sep must not be empty; leave it unset for single-label data")
         if self.label_sep is not None and self.task not in ("auto", "multilabel"):
             raise ConfigError(f"label_sep splits multilabel targets but task is {self.task!r}")
+        if self.label_regex is not None:
+            import re
+
+            try:
+                pattern = re.compile(self.label_regex)
+            except re.error as exc:
+                raise ConfigError(f"label_regex {self.label_regex!r} is not a valid regex: {exc}") from None
+            if pattern.groups < 1:
+                raise ConfigError(
+                    f"label_regex {self.label_regex!r} needs one capture group around the label, "
+                    "e.g. '^(\\d+)_'"
+                )
 
 
 @dataclass(frozen=True)
@@ -93,8 +121,17 @@ class BackboneConfig:
     source: str = field(
         default="minilm",
         metadata=_help(
-            "pretrained backbone: minilm (packaged all-MiniLM-L6-v2) or hf:<hub-id-or-local-folder>",
+            "pretrained backbone: minilm (packaged all-MiniLM-L6-v2), hf:<hub-id-or-folder>, "
+            "timm:<name>, torchvision:<name>, arch:<name> (graft's own architectures), bundle:<path> "
+            "(see `graft backbones`)",
             flag="--backbone",
+        ),
+    )
+    weights: str | None = field(
+        default=None,
+        metadata=_help(
+            "local weights for timm:/torchvision:/arch: backbones (.safetensors, or .pth/.pt/.th read "
+            "with weights_only); without it timm/torchvision try the hub, arch: starts from random weights"
         ),
     )
     max_length: int | None = field(
@@ -106,6 +143,8 @@ class BackboneConfig:
             raise ConfigError("backbone source must not be empty; try 'minilm'")
         if self.max_length is not None and self.max_length < 2:
             raise ConfigError(f"max_length must be at least 2, got {self.max_length}")
+        if self.weights is not None and not self.weights:
+            raise ConfigError("weights must be a file path; leave it unset for the source's own weights")
 
 
 @dataclass(frozen=True)
@@ -156,6 +195,17 @@ class TrainConfig:
         default="auto", metadata=_help("auto (bf16 on CUDA when supported), no, fp16 or bf16")
     )
     seed: int = field(default=0, metadata=_help("random seed for splits, initialisation and shuffling"))
+    augment: Augment = field(
+        default="auto",
+        metadata=_help(
+            "image augmentation while fine-tuning: crop (random resized crop), crop_flip (+ horizontal "
+            "flip), none; auto = crop_flip for images, none otherwise. Never applied to cached features"
+        ),
+    )
+    workers: int | None = field(
+        default=None,
+        metadata=_help("worker processes decoding images/audio (default: up to 4, one per CPU core)"),
+    )
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum"):
@@ -171,6 +221,8 @@ class TrainConfig:
             raise ConfigError(f"grad_clip must be > 0 (or unset), got {self.grad_clip}")
         if self.patience < 1:
             raise ConfigError(f"patience must be >= 1, got {self.patience}")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"workers must be >= 0 (0 decodes in the main process), got {self.workers}")
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,13 @@
 """The backbone registry: ``register_backbone``, ``create_backbone``, ``list_backbones``.
 
-A source spec is ``name`` or ``name:argument`` (``minilm``, ``hf:/path/to/folder``). Factories import
-their heavy dependencies lazily, so listing backbones costs nothing.
+A source spec is ``name`` or ``name:argument`` (``minilm``, ``hf:/path/to/folder``, ``timm:resnet18``,
+``arch:resnet20``, ``bundle:runs/r1``). Factories import their heavy dependencies lazily, so listing
+backbones costs nothing, and :func:`source_modality` tells a source's input type without loading it
+(the modality check runs before any work).
 
 Example:
     >>> [s.name for s in list_backbones()]
-    ['hf', 'minilm']
+    ['arch', 'bundle', 'hf', 'minilm', 'timm', 'torchvision']
     >>> create_backbone("minlm")
     Traceback (most recent call last):
     ...
@@ -33,44 +35,51 @@ class BackboneSource:
 
     Attributes:
         name: the spec's name part.
-        create: ``create(argument, max_length) -> Backbone``; ``argument`` is the part after ``:``.
-        modality: input type of the pretrained weights.
+        create: ``create(argument, options) -> Backbone``; ``argument`` is the part after ``:``,
+            ``options`` holds ``max_length`` and ``weights`` (see :class:`graft.config.BackboneConfig`).
+        modality: input type of the pretrained weights ("any" when it depends on the argument).
+        modality_of: ``modality_of(argument) -> str``, cheap, for sources whose modality is "any".
         description: one line for ``graft backbones``.
         takes_argument: whether the spec needs ``name:argument``.
         example: a spec to show in help.
     """
 
     name: str
-    create: Callable[[str | None, int | None], Backbone]
+    create: Callable[[str | None, dict[str, Any]], Backbone]
     modality: str
     description: str
     takes_argument: bool = False
     example: str = ""
+    modality_of: Callable[[str], str] | None = None
 
 
 _REGISTRY: dict[str, BackboneSource] = {}
 # Rebuilding an architecture from a bundle's backbone/ folder, by the ``kind`` in its spec.
-_SAVED: dict[str, Callable[[Path, dict[str, Any]], Backbone]] = {}
+_SAVED: dict[str, Callable[..., Backbone]] = {}
 
 
 def register_backbone(
     name: str,
-    create: Callable[[str | None, int | None], Backbone],
+    create: Callable[[str | None, dict[str, Any]], Backbone],
     *,
     modality: str,
     description: str,
     takes_argument: bool = False,
     example: str = "",
+    modality_of: Callable[[str], str] | None = None,
 ) -> None:
     """Add a backbone source. A name already registered raises (no silent replacement)."""
     if not name or ":" in name:
         raise ConfigError(f"backbone names are non-empty and contain no ':'; got {name!r}")
     if name in _REGISTRY:
         raise ConfigError(f"a backbone source named {name!r} is already registered")
-    _REGISTRY[name] = BackboneSource(name, create, modality, description, takes_argument, example or name)
+    _REGISTRY[name] = BackboneSource(
+        name, create, modality, description, takes_argument, example or name, modality_of
+    )
 
 
-def register_saved_kind(kind: str, load: Callable[[Path, dict[str, Any]], Backbone]) -> None:
+def register_saved_kind(kind: str, load: Callable[..., Backbone]) -> None:
+    """``load(folder, spec, module=None)`` rebuilds the architecture a bundle recorded under ``kind``."""
     if kind in _SAVED:
         raise ConfigError(f"a saved backbone kind named {kind!r} is already registered")
     _SAVED[kind] = load
@@ -98,19 +107,38 @@ def parse_source(spec: str) -> tuple[BackboneSource, str | None]:
     return entry, argument or None
 
 
-def create_backbone(spec: str, *, max_length: int | None = None) -> Backbone:
+def create_backbone(spec: str, *, max_length: int | None = None, weights: str | None = None) -> Backbone:
     """Build the pretrained backbone a source spec names.
 
     Args:
-        spec: ``minilm`` or ``hf:<hub-id-or-local-folder>``.
+        spec: ``minilm``, ``hf:<hub-id-or-folder>``, ``timm:<name>``, ``torchvision:<name>``,
+            ``arch:<name>`` or ``bundle:<path>``.
         max_length: cap on tokens per text (text backbones); default is the backbone's own limit.
+        weights: a local weights file (timm, torchvision and arch sources).
     """
     entry, argument = parse_source(spec)
-    return entry.create(argument, max_length)
+    if weights is not None and entry.name not in ("timm", "torchvision", "arch"):
+        raise ConfigError(
+            f"--weights applies to timm:, torchvision: and arch: backbones, not {entry.name}: "
+            "(an hf: folder or a bundle carries its own weights)"
+        )
+    return entry.create(argument, {"max_length": max_length, "weights": weights})
 
 
-def backbone_from_saved(folder: Path, spec: dict[str, Any]) -> Backbone:
-    """The architecture recorded in a bundle (weights are loaded by the caller)."""
+def source_modality(spec: str) -> str:
+    """The input type a source spec's backbone was pretrained on, without loading its weights."""
+    entry, argument = parse_source(spec)
+    if entry.modality_of is not None:
+        return entry.modality_of(argument or "")
+    return entry.modality
+
+
+def backbone_from_saved(folder: Path, spec: dict[str, Any], module: Any = None) -> Backbone:
+    """The architecture recorded in a bundle (weights are loaded by the caller).
+
+    ``module`` is a fresh instance of the user's own network, for bundles built with
+    :meth:`graft.Backbone.from_module` on a class graft cannot rebuild by itself.
+    """
     kind = spec.get("kind")
     load = _SAVED.get(kind)
     if load is None:
@@ -118,25 +146,84 @@ def backbone_from_saved(folder: Path, spec: dict[str, Any]) -> Backbone:
             f"bundle backbone kind {kind!r} is unknown to this graft version (known: {sorted(_SAVED)}); "
             "upgrade graft"
         )
-    return load(folder, spec)
+    return load(folder, spec, module=module)
 
 
-def _minilm(argument: str | None, max_length: int | None) -> Backbone:
+def _minilm(argument: str | None, options: dict[str, Any]) -> Backbone:
     from graft.backbones.hf import load_hf_text, minilm_path
 
-    return load_hf_text(str(minilm_path()), source="minilm", max_length=max_length)
+    return load_hf_text(str(minilm_path()), source="minilm", max_length=options.get("max_length"))
 
 
-def _hf(argument: str | None, max_length: int | None) -> Backbone:
-    from graft.backbones.hf import load_hf_text
+def _hf(argument: str | None, options: dict[str, Any]) -> Backbone:
+    from graft.backbones.hf import hf_modality, load_hf_text
 
-    return load_hf_text(argument or "", source=f"hf:{argument}", max_length=max_length)
+    modality = hf_modality(argument or "")
+    if modality != "text":
+        from graft.backbones.hf_media import load_hf_media
+
+        return load_hf_media(argument or "", modality, source=f"hf:{argument}")
+    return load_hf_text(argument or "", source=f"hf:{argument}", max_length=options.get("max_length"))
 
 
-def _hf_saved(folder: Path, spec: dict[str, Any]) -> Backbone:
+def _hf_modality(argument: str) -> str:
+    from graft.backbones.hf import hf_modality
+
+    return hf_modality(argument)
+
+
+def _hf_saved(folder: Path, spec: dict[str, Any], module: Any = None) -> Backbone:
     from graft.backbones.hf import HFTextBackbone
 
     return HFTextBackbone.from_saved(folder, spec)
+
+
+def _hf_media_saved(folder: Path, spec: dict[str, Any], module: Any = None) -> Backbone:
+    from graft.backbones.hf_media import hf_media_from_saved
+
+    return hf_media_from_saved(folder, spec)
+
+
+def _timm(argument: str | None, options: dict[str, Any]) -> Backbone:
+    from graft.backbones.timm_source import load_timm
+
+    return load_timm(argument or "", weights=options.get("weights"))
+
+
+def _torchvision(argument: str | None, options: dict[str, Any]) -> Backbone:
+    from graft.backbones.torchvision_source import load_torchvision
+
+    return load_torchvision(argument or "", weights=options.get("weights"))
+
+
+def _arch(argument: str | None, options: dict[str, Any]) -> Backbone:
+    from graft.backbones.archs import arch_backbone
+
+    return arch_backbone(argument or "", weights=options.get("weights"))
+
+
+def _arch_modality(argument: str) -> str:
+    from graft.backbones.archs import get_architecture
+
+    return get_architecture(argument).modality
+
+
+def _module_saved(folder: Path, spec: dict[str, Any], module: Any = None) -> Backbone:
+    from graft.backbones.module import rebuild
+
+    return rebuild(folder, spec, module=module)
+
+
+def _bundle(argument: str | None, options: dict[str, Any]) -> Backbone:
+    from graft.bundle import bundle_backbone
+
+    return bundle_backbone(argument or "")
+
+
+def _bundle_modality(argument: str) -> str:
+    from graft.bundle import read_manifest
+
+    return read_manifest(argument, verify=False)[1]["contract"]["modality"]
 
 
 register_backbone(
@@ -148,12 +235,52 @@ register_backbone(
 register_backbone(
     "hf",
     _hf,
-    modality="text",
-    description="a Hugging Face text encoder: local folder, or hub id when online (AutoModel)",
+    modality="any",
+    description="a Hugging Face encoder (text, vision such as ViT/ConvNeXt, or audio such as wav2vec2): "
+    "local folder, or hub id when online",
     takes_argument=True,
     example="hf:<hub-id-or-folder>",
+    modality_of=_hf_modality,
+)
+register_backbone(
+    "timm",
+    _timm,
+    modality="image",
+    description="a timm image model; weights from --weights FILE, a local folder, or the hub when online",
+    takes_argument=True,
+    example="timm:<model-name>",
+)
+register_backbone(
+    "torchvision",
+    _torchvision,
+    modality="image",
+    description="a torchvision classification model; weights from --weights FILE or the hub when online",
+    takes_argument=True,
+    example="torchvision:<model-name>",
+)
+register_backbone(
+    "arch",
+    _arch,
+    modality="any",
+    description="one of graft's own architectures (resnet20, small_cnn, audio_cnn): random "
+    "initialisation for `graft pretrain`, or --weights FILE",
+    takes_argument=True,
+    example="arch:<name>",
+    modality_of=_arch_modality,
+)
+register_backbone(
+    "bundle",
+    _bundle,
+    modality="any",
+    description="the backbone of a graft bundle (transfer from your own earlier or pre-trained model)",
+    takes_argument=True,
+    example="bundle:<path>",
+    modality_of=_bundle_modality,
 )
 register_saved_kind("hf_text", _hf_saved)
+register_saved_kind("hf_media", _hf_media_saved)
+for _kind in ("arch", "module", "timm", "torchvision"):
+    register_saved_kind(_kind, _module_saved)
 
 __all__ = [
     "BackboneSource",
@@ -162,4 +289,5 @@ __all__ = [
     "list_backbones",
     "parse_source",
     "register_backbone",
+    "source_modality",
 ]

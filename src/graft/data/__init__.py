@@ -1,6 +1,8 @@
 """Data: reading sources per modality, the Dataset type, validation, splits. Knows nothing of models."""
 
 from graft.data.dataset import DataReport, Dataset, build_dataset
+from graft.data.media import layout_splits
+from graft.data.sources import detect_modality, read_dataset, read_inputs
 from graft.data.splits import Split, make_split
 from graft.data.text import DataWarning, read_table, read_text_dataset, read_text_inputs
 
@@ -10,7 +12,11 @@ __all__ = [
     "Dataset",
     "Split",
     "build_dataset",
+    "detect_modality",
+    "layout_splits",
     "make_split",
+    "read_dataset",
+    "read_inputs",
     "read_table",
     "read_text_dataset",
     "read_text_inputs",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,9 +33,13 @@ class DataReport:
     conflicting_duplicates: int = 0
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # files left out with skip_bad, each "path: reason"
+    skipped: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"{self.n_rows} rows"]
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} unreadable files skipped")
         if self.duplicates:
             dup = f"{self.duplicates} duplicate texts"
             if self.conflicting_duplicates:
@@ -49,6 +54,7 @@ class DataReport:
             "conflicting_duplicates": self.conflicting_duplicates,
             "warnings": list(self.warnings),
             "notes": list(self.notes),
+            "skipped": list(self.skipped),
         }
 
 
@@ -57,8 +63,8 @@ class Dataset:
     """Labeled examples of one modality.
 
     Attributes:
-        modality: input type of the examples ("text").
-        examples: the inputs, one per row.
+        modality: input type of the examples: "text", "image" or "audio".
+        examples: the inputs, one per row: texts, or absolute file paths for images and audio.
         targets: encoded targets: class ids (multiclass, int64), a 0/1 matrix (multilabel, float32)
             or values (regression, float32).
         task: "multiclass", "multilabel" or "regression".
@@ -122,10 +128,22 @@ class Dataset:
 
 
 def examples_fingerprint(modality: str, examples: list[Any]) -> str:
-    """sha256 identifying a list of inputs (length-prefixed, so boundaries count)."""
+    """sha256 identifying a list of inputs (length-prefixed, so boundaries count).
+
+    Image and audio examples are file paths: each file's size and modification time count too, so
+    a file changed in place gets new features.
+    """
     h = hashlib.sha256(modality.encode())
+    media = modality != "text"
     for example in examples:
-        data = str(example).encode("utf-8", "surrogatepass")
+        text = str(example)
+        if media:
+            try:
+                st = os.stat(text)
+                text = f"{text}|{st.st_size}|{st.st_mtime_ns}"
+            except OSError:
+                pass
+        data = text.encode("utf-8", "surrogatepass")
         h.update(len(data).to_bytes(8, "little"))
         h.update(data)
     return h.hexdigest()
@@ -252,10 +270,11 @@ def build_dataset(
 
     problems: list[str] = []
     for i, example in enumerate(examples):
+        what = "text" if modality == "text" else "path"
         if not isinstance(example, str):
-            problems.append(f"{where(i)}: text is {type(example).__name__} {example!r}, expected a string")
+            problems.append(f"{where(i)}: {what} is {type(example).__name__} {example!r}, expected a string")
         elif not example.strip():
-            problems.append(f"{where(i)}: empty text")
+            problems.append(f"{where(i)}: empty {what}")
 
     parsed: list[Any] = []
     for i, value in enumerate(raw_labels):

@@ -311,6 +311,8 @@ def read_table(path: str | os.PathLike, cfg: DataConfig | None = None) -> Table:
 
 def table_from_object(data: Any) -> Table:
     """A DataFrame, a dict of columns, a list of dicts or a list of (text, label) pairs."""
+    if isinstance(data, Table):
+        return data
     if type(data).__module__.startswith("pandas") and hasattr(data, "columns"):
         columns = [str(c) for c in data.columns]
         records = [list(r) for r in data.itertuples(index=False, name=None)]

@@ -1,0 +1,205 @@
+"""Preprocessing of image and audio files into tensors, as a backbone's contract says.
+
+Each preprocessor is a small frozen dataclass: picklable (it runs inside DataLoader worker
+processes, without the model), hashable, and fully described by :meth:`to_dict`, which is part of
+the contract saved in bundles and of the feature-cache key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+AUGMENTS = ("none", "crop", "crop_flip")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """Decode -> resize (shorter side to ``size / crop_pct``) -> centre crop -> [0, 1] -> normalise.
+
+    With ``augment`` (training only): random resized crop (``scale``) and, for ``crop_flip``, a
+    horizontal flip, in place of the resize and centre crop.
+
+    Attributes:
+        size: (height, width) of the network input.
+        mean, std: per-channel normalisation after scaling to [0, 1].
+        interpolation: resize filter.
+        crop_pct: fraction of the resized image kept by the centre crop (timm's convention).
+        channels: 3 (RGB) or 1 (grayscale).
+    """
+
+    size: tuple[int, int]
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0
+    channels: int = 3
+    augment: str = "none"
+    scale: tuple[float, float] = (0.35, 1.0)
+
+    def __post_init__(self) -> None:
+        size = tuple(int(s) for s in self.size)
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        object.__setattr__(self, "scale", tuple(float(s) for s in self.scale))
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"size must be (height, width) of positive ints, got {self.size}")
+        if self.channels not in (1, 3) or len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError(
+                f"channels={self.channels} needs that many mean/std values; got {self.mean}, {self.std}"
+            )
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        if not (0.05 <= self.crop_pct <= 1.0):
+            raise ValueError(f"crop_pct must be in [0.05, 1], got {self.crop_pct}")
+
+    modality = "image"
+    input_key = "pixel_values"
+
+    def with_augment(self, augment: str) -> ImagePreprocess:
+        return dataclasses.replace(self, augment=augment)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The contract's preprocessing (augmentation is a training setting, not part of it)."""
+        return {
+            "kind": "image",
+            "size": list(self.size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "crop_pct": self.crop_pct,
+            "channels": self.channels,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ImagePreprocess:
+        return cls(
+            size=tuple(raw["size"]),
+            mean=tuple(raw["mean"]),
+            std=tuple(raw["std"]),
+            interpolation=raw.get("interpolation", "bilinear"),
+            crop_pct=raw.get("crop_pct", 1.0),
+            channels=raw.get("channels", 3),
+        )
+
+    def example_shape(self) -> tuple[int, ...]:
+        return (self.channels, *self.size)
+
+    def one(self, path: str) -> torch.Tensor:
+        from graft.data.images import load_image
+
+        return _image_transform(self)(load_image(path, self.channels))
+
+    def __call__(self, examples: list[str]) -> dict[str, torch.Tensor]:
+        return {self.input_key: torch.stack([self.one(p) for p in examples])}
+
+
+@functools.lru_cache(maxsize=16)
+def _image_transform(p: ImagePreprocess):
+    from torchvision.transforms import InterpolationMode, v2
+
+    mode = InterpolationMode(p.interpolation)
+    if p.augment == "none":
+        if p.crop_pct >= 1.0 and p.size[0] == p.size[1]:
+            resize = [v2.Resize(p.size[0], interpolation=mode, antialias=True), v2.CenterCrop(p.size)]
+        else:
+            shorter = round(min(p.size) / p.crop_pct)
+            resize = [v2.Resize(shorter, interpolation=mode, antialias=True), v2.CenterCrop(p.size)]
+    else:
+        resize = [v2.RandomResizedCrop(p.size, scale=p.scale, interpolation=mode, antialias=True)]
+        if p.augment == "crop_flip":
+            resize.append(v2.RandomHorizontalFlip())
+    return v2.Compose(
+        [v2.PILToTensor(), *resize, v2.ToDtype(torch.float32, scale=True), v2.Normalize(p.mean, p.std)]
+    )
+
+
+@dataclass(frozen=True)
+class AudioPreprocess:
+    """Decode -> mono -> resample to ``sample_rate`` -> pad/crop to ``duration`` seconds.
+
+    Gives ``input_values`` ``[batch, samples]`` (float32). With ``normalize`` each clip is scaled to
+    zero mean and unit variance (what wav2vec2's feature extractor does). With ``augment`` != none
+    (training), the crop of a long clip starts at a random offset instead of the centre, and short
+    clips are placed at a random offset inside the window.
+    """
+
+    sample_rate: int = 16000
+    duration: float = 1.0
+    normalize: bool = False
+    augment: str = "none"
+
+    modality = "audio"
+    input_key = "input_values"
+
+    def __post_init__(self) -> None:
+        if self.sample_rate < 1000:
+            raise ValueError(f"sample_rate must be >= 1000 Hz, got {self.sample_rate}")
+        if self.duration <= 0:
+            raise ValueError(f"duration must be > 0 seconds, got {self.duration}")
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {AUGMENTS}, got {self.augment!r}")
+
+    @property
+    def num_samples(self) -> int:
+        return round(self.sample_rate * self.duration)
+
+    def with_augment(self, augment: str) -> AudioPreprocess:
+        return dataclasses.replace(self, augment=augment)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "audio",
+            "sample_rate": self.sample_rate,
+            "duration": self.duration,
+            "normalize": self.normalize,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> AudioPreprocess:
+        return cls(
+            sample_rate=int(raw["sample_rate"]),
+            duration=float(raw["duration"]),
+            normalize=bool(raw.get("normalize", False)),
+        )
+
+    def example_shape(self) -> tuple[int, ...]:
+        return (self.num_samples,)
+
+    def one(self, path: str) -> np.ndarray:
+        from graft.data.audio import fit_length, load_audio
+
+        wave, _ = load_audio(path, self.sample_rate)
+        n = self.num_samples
+        if self.augment != "none":
+            if wave.shape[0] > n:
+                wave = fit_length(wave, n, int(torch.randint(0, wave.shape[0] - n + 1, ()).item()))
+            else:
+                start = int(torch.randint(0, n - wave.shape[0] + 1, ()).item())
+                wave = np.pad(wave, (start, n - wave.shape[0] - start))
+        else:
+            wave = fit_length(wave, n)
+        if self.normalize:
+            wave = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)
+        return wave.astype(np.float32, copy=False)
+
+    def __call__(self, examples: list[str]) -> dict[str, torch.Tensor]:
+        return {self.input_key: torch.from_numpy(np.stack([self.one(p) for p in examples]))}
+
+
+def preprocess_from_dict(raw: dict[str, Any]) -> ImagePreprocess | AudioPreprocess:
+    kind = raw.get("kind")
+    if kind == "image":
+        return ImagePreprocess.from_dict(raw)
+    if kind == "audio":
+        return AudioPreprocess.from_dict(raw)
+    raise ValueError(f"unknown preprocessing kind {kind!r}")
