@@ -28,11 +28,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from graft.backbones import create_backbone
-from graft.backbones.base import check_modality
+from graft.backbones import create_backbone, source_modality
+from graft.backbones.base import Backbone, Contract, check_modality
 from graft.bundle import load_network, read_manifest, save_bundle
 from graft.config import BackboneConfig, DataConfig, RunConfig, StrategyConfig
-from graft.data import Dataset, Split, make_split, read_text_dataset, read_text_inputs
+from graft.data import (
+    Dataset,
+    Split,
+    detect_modality,
+    layout_splits,
+    make_split,
+    read_dataset,
+    read_inputs,
+)
 from graft.data.dataset import examples_fingerprint
 from graft.engine import Callback, Engine, fit_probe
 from graft.errors import ConfigError, ContractError
@@ -111,8 +119,18 @@ class Model:
             features = extract_features(backbone, examples, progress=progress)
         return head_outputs(head, features)
 
-    def _texts(self, inputs: Any, text_col: str | None) -> list[str]:
-        return read_text_inputs(inputs, text_col or self.contract.get("text_col"))
+    @property
+    def modality(self) -> str:
+        return self.contract["modality"]
+
+    def inputs(self, inputs: Any, column: str | None = None) -> list[str]:
+        """Unlabeled inputs checked against this model's contract: texts, or image/audio file paths.
+
+        Raises:
+            ContractError: inputs of another modality (e.g. image files for a text model).
+        """
+        default = self.contract.get("text_col") or self.contract.get("path_col")
+        return read_inputs(inputs, self.modality, column or default)
 
     def predict_proba(
         self, inputs: Any, *, text_col: str | None = None, progress: bool = False
@@ -120,18 +138,20 @@ class Model:
         """Class probabilities ``[n, n_classes]`` (columns in ``label_space`` order).
 
         Args:
-            inputs: a list of texts, a DataFrame, or a CSV/TSV/JSONL/.txt file path.
-            text_col: the text column of a table (default: the column the model was trained on).
+            inputs: text models: a list of texts, a DataFrame, or a CSV/TSV/JSONL/.txt file;
+                image/audio models: a folder, a file, a list of paths, or a table with a path column.
+            text_col: the text (or path) column of a table (default: the column the model was
+                trained on).
         """
         if self.task == "regression":
             raise ContractError("a regression model has no class probabilities; use predict()")
-        texts = self._texts(inputs, text_col)
-        return self.network_.head.activate(self._outputs(texts, cache=False, progress=progress)).numpy()
+        examples = self.inputs(inputs, text_col)
+        return self.network_.head.activate(self._outputs(examples, cache=False, progress=progress)).numpy()
 
     def predict(self, inputs: Any, *, text_col: str | None = None, progress: bool = False) -> list[Any]:
         """Labels (multiclass), lists of labels (multilabel, threshold 0.5) or values (regression)."""
-        texts = self._texts(inputs, text_col)
-        values = self.network_.head.activate(self._outputs(texts, cache=False, progress=progress)).numpy()
+        examples = self.inputs(inputs, text_col)
+        values = self.network_.head.activate(self._outputs(examples, cache=False, progress=progress)).numpy()
         return decode_outputs(self.task, self.label_space, values)
 
     # -- evaluation ----------------------------------------------------------------------------
@@ -145,11 +165,23 @@ class Model:
         progress: bool = False,
     ) -> EvaluationResult:
         """Metrics, 95% intervals and the majority baseline on labeled data the model never saw."""
-        cfg = DataConfig(text_col=text_col, label_col=label_col, encoding=encoding)
-        ds = read_text_dataset(
+        modality = detect_modality(data)
+        if modality != self.modality:
+            raise ContractError(
+                f"{data if isinstance(data, str | Path) else '<data>'} holds {modality} but this model "
+                f"takes {self.modality} (modality {self.modality!r}); evaluate it on {self.modality} data"
+            )
+        media = self.modality != "text"
+        cfg = DataConfig(
+            text_col=None if media else text_col, path_col=text_col if media else None,
+            label_col=label_col, encoding=encoding, label_regex=self.contract.get("label_regex"),
+        )  # fmt: skip
+        ds = read_dataset(
             data, cfg, label_space=self.label_space if self.task != "regression" else None,
             task=self.task, require_min_per_class=False,
-            prefer_columns=(self.contract.get("text_col"), self.contract.get("label_col")),
+            prefer_columns=(
+                self.contract.get("text_col") or self.contract.get("path_col"), self.contract.get("label_col")
+            ),
         )  # fmt: skip
         outputs = self._outputs(ds.examples, cache=True, progress=progress)
         return score(self.network_.head, self.task, self.label_space, outputs, ds, self.manifest_["majority"])
@@ -211,8 +243,12 @@ def metric_fn_for(head: torch.nn.Module, task: str) -> Callable[[torch.Tensor, t
     return metric
 
 
-def load(path: str | Path) -> Model:
+def load(path: str | Path, *, module: torch.nn.Module | None = None) -> Model:
     """A bundle (or a run folder holding one), with every file's sha256 verified first.
+
+    Args:
+        module: for a bundle built with ``Backbone.from_module`` on your own class: a fresh instance
+            of that class (graft rebuilds its own, timm, torchvision and Hugging Face architectures).
 
     Raises:
         BundleError: missing, modified or unsupported bundle.
@@ -222,7 +258,7 @@ def load(path: str | Path) -> Model:
         "metrics": json.loads((folder / "metrics.json").read_text(encoding="utf-8")),
         "report_html": (folder / "report.html").read_text(encoding="utf-8"),
     }
-    return Model(load_network(folder, manifest), manifest, artifacts=artifacts)
+    return Model(load_network(folder, manifest, module=module), manifest, artifacts=artifacts)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -233,10 +269,13 @@ def _resolve_config(config: RunConfig | None, **given: Any) -> RunConfig:
     cfg = config or RunConfig()
     sections = {
         "backbone": ("backbone", "source"),
+        "weights": ("backbone", "weights"),
         "strategy": ("strategy", "kind"),
         "task": ("data", "task"),
         "text_col": ("data", "text_col"),
+        "path_col": ("data", "path_col"),
         "label_col": ("data", "label_col"),
+        "label_regex": ("data", "label_regex"),
         "val": ("data", "val"),
         "test": ("data", "test"),
     }
@@ -330,13 +369,16 @@ class _Features:
 
 def fit(
     data: Any,
-    backbone: str | None = None,
+    backbone: str | Backbone | None = None,
     strategy: str | None = None,
     *,
     labels: list[Any] | None = None,
     task: str | None = None,
     text_col: str | None = None,
+    path_col: str | None = None,
     label_col: str | None = None,
+    label_regex: str | None = None,
+    weights: str | None = None,
     val: Any = None,
     test: Any = None,
     out: str | Path | None = None,
@@ -349,9 +391,14 @@ def fit(
     """Fit a pretrained backbone + new head to labeled data, evaluate it on held-out data, save it.
 
     Args:
-        data: a CSV/TSV/JSONL file, a DataFrame, a dict of columns, a list of (text, label) pairs, or
-            a list of texts with ``labels``.
-        backbone: source spec (default ``minilm``; or ``hf:<folder>``).
+        data: text: a CSV/TSV/JSONL file, a DataFrame, a dict of columns, a list of (text, label)
+            pairs, or a list of texts with ``labels``. Images/audio: a folder of class folders (or
+            of ``train/ val/ test/`` trees), a table with a path column, or a list of paths with
+            ``labels``.
+        backbone: a source spec (default ``minilm``; ``hf:<folder>``, ``timm:<name>``,
+            ``torchvision:<name>``, ``arch:<name>``, ``bundle:<path>``) or a :class:`Backbone`
+            (e.g. from :meth:`Backbone.from_module`).
+        path_col, label_regex, weights: see :class:`DataConfig` and :class:`BackboneConfig`.
         strategy: ``auto`` (default), ``linear_probe``, ``partial`` or ``full``.
         task: ``multiclass``, ``multilabel`` or ``regression``; inferred when omitted.
         val, test: separate validation / test data (file paths); split from ``data`` otherwise.
@@ -367,21 +414,40 @@ def fit(
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    given_backbone = backbone if isinstance(backbone, Backbone) else None
     cfg = _resolve_config(
-        config, backbone=backbone, strategy=strategy, task=task, text_col=text_col, label_col=label_col,
+        config, backbone=given_backbone.source if given_backbone else backbone, strategy=strategy, task=task,
+        text_col=text_col, path_col=path_col, label_col=label_col, label_regex=label_regex, weights=weights,
         val=val if isinstance(val, str | Path) else None, test=test if isinstance(test, str | Path) else None,
     )  # fmt: skip
     out_dir = Path(out) if out is not None else None
 
+    # 0. the modality check, from names only: before any file is decoded or weights are loaded
+    if isinstance(data, str | Path) and layout_splits(data):
+        parts = layout_splits(data)
+        _say(progress, f"data: {data} is split into {', '.join(parts)} folders; using them as the protocol")
+        data = parts["train"]
+        if val is None and cfg.data.val is None and "val" in parts:
+            cfg = cfg.replace("data", val=str(parts["val"]))
+        if test is None and cfg.data.test is None and "test" in parts:
+            cfg = cfg.replace("data", test=str(parts["test"]))
+    data_modality = detect_modality(list(data) if labels is not None else data, cfg.data)
+    backbone_modality = (
+        given_backbone.contract.modality if given_backbone else source_modality(cfg.backbone.source)
+    )
+    where = str(data) if isinstance(data, str | Path) else "the data"
+    if backbone_modality != "any":
+        check_modality(data_modality, Contract(backbone_modality), cfg.backbone.source, where)
+
     # 1. data, validated before any model is loaded
     t = time.perf_counter()
-    source = read_text_dataset(data, cfg.data, labels=labels)
+    source = read_dataset(data, cfg.data, labels=labels)
     space = source.label_space if source.task != "regression" else None
 
     def read_extra(extra: Any) -> Dataset | None:
         if extra is None:
             return None
-        return read_text_dataset(
+        return read_dataset(
             extra, dataclasses.replace(cfg.data, task=source.task), label_space=space, task=source.task,
             require_min_per_class=False, prefer_columns=(source.text_col, source.label_col),
         )  # fmt: skip
@@ -410,7 +476,9 @@ def fit(
 
     # 2. backbone, and the contract check before any work
     t = time.perf_counter()
-    bb = create_backbone(cfg.backbone.source, max_length=cfg.backbone.max_length)
+    bb = given_backbone or create_backbone(
+        cfg.backbone.source, max_length=cfg.backbone.max_length, weights=cfg.backbone.weights
+    )
     check_modality(source.modality, bb.contract, cfg.backbone.source, source.source)
     pretrained_sha = bb.weights_sha256()  # before any training: the provenance of the start point
     timings["load_backbone"] = time.perf_counter() - t
@@ -429,7 +497,20 @@ def fit(
 
     # 4. strategy and head
     groups = [g.name for g in bb.layer_groups()]
-    plan = plan_strategy(cfg.strategy, groups, _min_per_class(split.train), len(split.train))
+    pretrained = getattr(bb, "pretrained", True)
+    strategy_cfg = cfg.strategy
+    if not pretrained and strategy_cfg.kind == "auto":
+        strategy_cfg = dataclasses.replace(strategy_cfg, kind="full")
+    plan = plan_strategy(strategy_cfg, groups, _min_per_class(split.train), len(split.train))
+    if not pretrained:
+        if plan.frozen_backbone:
+            _say(progress, "warning: the backbone has random weights (no --weights): a linear probe on it "
+                           "measures a random-features baseline")  # fmt: skip
+        elif cfg.strategy.kind == "auto":
+            plan = dataclasses.replace(
+                plan, reason="the backbone starts from random weights (no pretrained weights given): every "
+                "layer trains from scratch"
+            )  # fmt: skip
     _say(progress, f"strategy: {plan.kind} — {plan.reason}")
     torch.manual_seed(cfg.train.seed)
     n_outputs = len(source.label_space) if source.task != "regression" else 1
@@ -472,9 +553,13 @@ def fit(
             cfg.train, metric=metric_name, progress=progress, callbacks=callbacks,
             checkpoint_dir=out_dir / "checkpoints" if out_dir else None,
         )  # fmt: skip
+        augment = _augment_for(cfg.train.augment, bb.contract.modality)
+        if augment != "none":
+            _say(progress, f"augmentation while fine-tuning: {augment}")
         hist = engine.fit(
             network, bind(plan, cfg.train), _pairs(split.train), _pairs(split.val),
-            collate=_collate(bb), loss_fn=head.loss, metric_fn=metric_fn, resume=resume,
+            collate=PairCollate(bb.preprocessor(augment)), val_collate=PairCollate(bb.preprocessor()),
+            loss_fn=head.loss, metric_fn=metric_fn, resume=resume, workers=_workers(bb, cfg.train.workers),
         )  # fmt: skip
         history = [dataclasses.asdict(e) for e in hist.epochs]
         validation.update(best=hist.best_metric, best_epoch=hist.best_epoch, stopped_early=hist.stopped_early)
@@ -508,8 +593,9 @@ def fit(
         "label_space": list(source.label_space),
         "contract": {
             **bb.contract.to_dict(),
-            "text_col": source.text_col,
+            ("text_col" if source.modality == "text" else "path_col"): source.text_col,
             "label_col": source.label_col,
+            **({"label_regex": cfg.data.label_regex} if cfg.data.label_regex else {}),
         },
         "backbone": bb.spec(),
         "head": {"type": type(head).__name__, "in_dim": bb.feature_dim, "n_outputs": n_outputs},
@@ -555,6 +641,7 @@ def _data_summary(source: Dataset, split: Split, truncated: int) -> dict[str, An
         "duplicates": source.report.duplicates,
         "conflicting_duplicates": source.report.conflicting_duplicates,
         "truncated_texts": truncated,
+        "skipped_files": source.report.skipped,
         "train_class_counts": {str(k): v for k, v in split.train.class_counts().items()},
         "warnings": source.report.warnings,
         "notes": source.report.notes,
@@ -569,13 +656,30 @@ def _pairs(ds: Dataset) -> list[tuple[Any, np.ndarray]]:
     return list(zip(ds.examples, ds.targets, strict=True))
 
 
-def _collate(backbone) -> Callable[[list[tuple[Any, Any]]], tuple[dict[str, torch.Tensor], torch.Tensor]]:
-    def collate(items: list[tuple[Any, Any]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+class PairCollate:
+    """(example, target) pairs -> (batch, targets); picklable when ``preprocess`` is (image/audio)."""
+
+    def __init__(self, preprocess: Callable[[list[Any]], dict[str, torch.Tensor]]) -> None:
+        self.preprocess = preprocess
+
+    def __call__(self, items: list[tuple[Any, Any]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         examples = [x for x, _ in items]
         targets = torch.as_tensor(np.stack([y for _, y in items]))
-        return backbone.preprocess(examples), targets
+        return self.preprocess(examples), targets
 
-    return collate
+
+def _augment_for(setting: str, modality: str) -> str:
+    if setting != "auto":
+        return setting if modality != "text" else "none"
+    return {"image": "crop_flip", "audio": "crop"}.get(modality, "none")
+
+
+def _workers(backbone: Backbone, configured: int | None) -> int:
+    from graft.features import default_workers
+
+    if not backbone.streams_files:
+        return 0
+    return default_workers() if configured is None else configured
 
 
 __all__ = ["BackboneConfig", "Model", "RunConfig", "StrategyConfig", "fit", "load"]

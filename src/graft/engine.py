@@ -177,8 +177,17 @@ class Engine:
         loss_fn: LossFn,
         metric_fn: MetricFn,
         resume: bool = False,
+        val_collate: Callable[[list[Any]], tuple[Any, torch.Tensor]] | None = None,
+        workers: int = 0,
     ) -> History:
-        """Train ``model`` in place; on return it holds the best weights seen on validation."""
+        """Train ``model`` in place; on return it holds the best weights seen on validation.
+
+        ``collate`` turns a list of (example, target) into a batch (with augmentation, for training);
+        ``val_collate`` (default ``collate``) does it for validation. With ``workers`` > 0 batches are
+        collated in that many worker processes (``collate`` must then be picklable); their random
+        seeds derive from the main generator each epoch, so a resumed run augments as an
+        uninterrupted one would.
+        """
         cfg = self.config
         accelerator = make_accelerator(cfg.mixed_precision, cfg.grad_accum)
         torch.manual_seed(cfg.seed)
@@ -199,10 +208,13 @@ class Engine:
                     torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
 
         sampler = EpochShuffle(len(train_set), cfg.seed)
+        loading = {"num_workers": workers, "prefetch_factor": 4 if workers else None}
         train_loader = torch.utils.data.DataLoader(
-            train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate
+            train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, **loading
         )
-        val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.batch_size * 2, collate_fn=collate)
+        val_loader = torch.utils.data.DataLoader(
+            val_set, batch_size=cfg.batch_size * 2, collate_fn=val_collate or collate, **loading
+        )
         train_loader, val_loader = accelerator.prepare(train_loader, val_loader)
         best_state = self._best_state_from_disk() if saved is not None else None
         wrapped = None

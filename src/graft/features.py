@@ -28,6 +28,32 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def default_workers() -> int:
+    """Worker processes decoding image/audio files: one per CPU core beyond the first, 1 to 4."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def file_loader(
+    examples: list[Any],
+    collate: Any,
+    *,
+    batch_size: int,
+    workers: int | None,
+    device: torch.device,
+) -> torch.utils.data.DataLoader:
+    """Batches of decoded files, in order, decoded by ``workers`` processes (0: in this process)."""
+    workers = default_workers() if workers is None else workers
+    return torch.utils.data.DataLoader(
+        examples,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
+
+
 def _batches_by_length(examples: list[Any], batch_size: int) -> list[list[int]]:
     # Similar lengths share a batch, so padding (and wasted compute) is small; longest first, so
     # the peak memory shows in the first batch rather than at the end.
@@ -44,19 +70,38 @@ def extract_features(
     progress: bool = True,
     desc: str = "extracting features",
     device: torch.device | None = None,
+    workers: int | None = None,
 ) -> torch.Tensor:
-    """Features of ``examples`` in their order, as a float32 CPU tensor ``[n, feature_dim]``."""
+    """Features of ``examples`` in their order, as a float32 CPU tensor ``[n, feature_dim]``.
+
+    Texts are tokenised here in batches of similar length. Image and audio files are streamed:
+    ``workers`` processes (default :func:`default_workers`) decode batch after batch while the
+    model runs, so memory does not grow with the number of files.
+    """
     from tqdm.auto import tqdm
 
     device = device or default_device()
     backbone.to(device).eval()
     out = torch.empty(len(examples), backbone.feature_dim, dtype=torch.float32)
-    batches = _batches_by_length(examples, batch_size)
+    autocast = {"device_type": device.type, "enabled": device.type == "cuda", "dtype": torch.bfloat16}
     with tqdm(total=len(examples), desc=desc, disable=not progress, unit="ex", dynamic_ncols=True) as bar:
-        for index in batches:
+        if getattr(backbone, "streams_files", False):
+            loader = file_loader(examples, backbone.preprocessor(), batch_size=batch_size, workers=workers,
+                                 device=device)  # fmt: skip
+            start = 0
+            for batch in loader:
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                with torch.autocast(**autocast):
+                    feats = backbone(batch)
+                n = feats.shape[0]
+                out[start : start + n] = feats.float().cpu()
+                start += n
+                bar.update(n)
+            return out
+        for index in _batches_by_length(examples, batch_size):
             batch = backbone.preprocess([examples[i] for i in index])
             batch = {k: v.to(device) for k, v in batch.items()}
-            with torch.autocast(device.type, enabled=device.type == "cuda", dtype=torch.bfloat16):
+            with torch.autocast(**autocast):
                 feats = backbone(batch)
             out[torch.tensor(index)] = feats.float().cpu()
             bar.update(len(index))

@@ -262,7 +262,7 @@ def arch_backbone(name: str, weights: str | None = None, source: str | None = No
         if arch.modality == "image"
         else {"sample_rate": c["sample_rate"], "duration": c["duration"]}
     )
-    return from_module(
+    backbone = from_module(
         module,
         modality=arch.modality,
         head=arch.head,
@@ -270,3 +270,5 @@ def arch_backbone(name: str, weights: str | None = None, source: str | None = No
         source=source or f"arch:{name}",
         **kwargs,
     )
+    backbone.pretrained = weights is not None
+    return backbone

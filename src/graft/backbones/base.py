@@ -73,6 +73,8 @@ class Backbone(nn.Module):
     source: str
     contract: Contract
     feature_dim: int
+    # False for an architecture built with random weights (``arch:NAME`` without --weights)
+    pretrained: bool = True
 
     def layer_groups(self) -> list[LayerGroup]:
         """Parameters in ordered groups, input side first; every parameter in exactly one group."""
@@ -133,7 +135,7 @@ def state_sha256(state: dict[str, torch.Tensor]) -> str:
     for name in sorted(state):
         tensor = state[name].detach().to("cpu").contiguous()
         h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        h.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return h.hexdigest()
 
 
