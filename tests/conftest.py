@@ -95,3 +95,24 @@ def shared(*parts: str) -> Path:
     if not path.exists():
         pytest.fail(f"real data missing: {path} (set GRAFT_SHARED_DATA to the shared/data folder)")
     return path
+
+
+def make_image_folder(root: Path, n_per_class: int = 12, size: int = 16, seed: int = 0) -> Path:
+    """Class folders of small PNGs whose class is the dominant colour (red / green / blue)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(("red", "green", "blue")):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            pixels = rng.integers(0, 90, (size, size, 3))
+            pixels[..., k] += 150
+            Image.fromarray(pixels.astype("uint8")).save(folder / f"{name}_{i}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "images")

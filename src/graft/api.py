@@ -145,13 +145,15 @@ class Model:
         """
         if self.task == "regression":
             raise ContractError("a regression model has no class probabilities; use predict()")
-        examples = self.inputs(inputs, text_col)
+        return self.activated(self.inputs(inputs, text_col), progress=progress)
+
+    def activated(self, examples: list[str], *, progress: bool = False) -> np.ndarray:
+        """Probabilities (or values) for examples already checked by :meth:`inputs`."""
         return self.network_.head.activate(self._outputs(examples, cache=False, progress=progress)).numpy()
 
     def predict(self, inputs: Any, *, text_col: str | None = None, progress: bool = False) -> list[Any]:
         """Labels (multiclass), lists of labels (multilabel, threshold 0.5) or values (regression)."""
-        examples = self.inputs(inputs, text_col)
-        values = self.network_.head.activate(self._outputs(examples, cache=False, progress=progress)).numpy()
+        values = self.activated(self.inputs(inputs, text_col), progress=progress)
         return decode_outputs(self.task, self.label_space, values)
 
     # -- evaluation ----------------------------------------------------------------------------
@@ -546,9 +548,12 @@ def fit(
         timings["train_head"] = time.perf_counter() - t
         test_outputs = head_outputs(head, split_features("test"))
     else:
-        rng = np.random.default_rng(cfg.train.seed)
-        sample = rng.choice(len(split.train), min(HEAD_STATS_SAMPLE, len(split.train)), replace=False)
-        head.set_input_stats(extract_features(bb, [split.train.examples[i] for i in sample], progress=False))
+        if pretrained:  # random features change completely while training: no fixed standardisation
+            rng = np.random.default_rng(cfg.train.seed)
+            sample = rng.choice(len(split.train), min(HEAD_STATS_SAMPLE, len(split.train)), replace=False)
+            sample_x = extract_features(bb, [split.train.examples[i] for i in sample], progress=False,
+                                        workers=_workers(bb, cfg.train.workers))  # fmt: skip
+            head.set_input_stats(sample_x)
         engine = Engine(
             cfg.train, metric=metric_name, progress=progress, callbacks=callbacks,
             checkpoint_dir=out_dir / "checkpoints" if out_dir else None,
@@ -630,6 +635,39 @@ def fit(
     return model
 
 
+def pretrain(
+    data: Any,
+    arch: str,
+    *,
+    out: str | Path | None = None,
+    labels: list[Any] | None = None,
+    label_regex: str | None = None,
+    config: RunConfig | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    callbacks: Sequence[Callback] = (),
+) -> Model:
+    """Supervised pre-training: train graft architecture ``arch`` from random weights on a large
+    labeled dataset of your input type, and save it as a bundle.
+
+    The result is a foundation model of your own: ``fit(small_data, backbone=f"bundle:{out}")``
+    transfers it (its head is dropped, its contract kept).
+
+    Args:
+        arch: a registered architecture (``resnet20``, ``small_cnn``, ``audio_cnn``; see
+            ``graft backbones``).
+        config: defaults to :func:`graft.config.pretrain_defaults` (30 epochs, lr 2e-3, patience 6).
+        Others as in :func:`fit`.
+    """
+    from graft.config import pretrain_defaults
+
+    cfg = (config or pretrain_defaults()).replace("backbone", source=f"arch:{arch}", weights=None)
+    cfg = cfg.replace("strategy", kind="full", unfreeze_top=None)
+    return fit(data, config=cfg, labels=labels, label_regex=label_regex, out=out, resume=resume,
+               overwrite=overwrite, progress=progress, callbacks=callbacks)  # fmt: skip
+
+
 def _data_summary(source: Dataset, split: Split, truncated: int) -> dict[str, Any]:
     return {
         "source": source.source,
@@ -682,4 +720,4 @@ def _workers(backbone: Backbone, configured: int | None) -> int:
     return default_workers() if configured is None else configured
 
 
-__all__ = ["BackboneConfig", "Model", "RunConfig", "StrategyConfig", "fit", "load"]
+__all__ = ["BackboneConfig", "Model", "RunConfig", "StrategyConfig", "fit", "load", "pretrain"]

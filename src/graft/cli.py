@@ -25,6 +25,7 @@ from graft.config import (
     TrainConfig,
     cli_fields,
     flag_for,
+    pretrain_defaults,
 )
 from graft.errors import GraftError
 
@@ -43,17 +44,30 @@ examples:
   graft fit data.jsonl --val dev.jsonl --test test.jsonl --strategy partial --unfreeze-top 2 --out runs/p
   graft fit spam.tsv --out runs/spam --json              # one JSON object on stdout
   graft fit data.csv --out runs/x --resume               # continue an interrupted run
+  graft fit photos/ --backbone timm:resnet18 --weights resnet18.safetensors --out runs/photos
+  graft fit ../shared/data/images/hymenoptera --backbone arch:resnet20 \
+      --weights ../shared/data/models/resnet20_cifar10.th --strategy linear_probe --out runs/ants
+  graft fit clips/ --label-regex '^\\d+_([a-z]+)_' --backbone bundle:runs/digits --out runs/speaker
+"""
+PRETRAIN_EXAMPLES = """\
+examples:
+  graft pretrain ../shared/data/audio/fsdd --arch audio_cnn --label-regex '^(\\d+)_' --out runs/digits
+  graft pretrain big_photos/ --arch resnet20 --epochs 50 --out runs/base
+  graft fit small_photos/ --backbone bundle:runs/base --out runs/small   # then transfer it
 """
 EVALUATE_EXAMPLES = """\
 examples:
   graft evaluate runs/sst2 ../shared/data/text/sst2/test.csv
   graft evaluate runs/sst2 test.csv --json | jq .metrics.accuracy
+  graft evaluate runs/ants ../shared/data/images/hymenoptera/val     # a folder of class folders
 """
 PREDICT_EXAMPLES = """\
 examples:
   graft predict runs/sst2 new_reviews.csv --out preds.csv
   graft predict runs/sst2 sentences.txt            # one text per line; CSV on stdout
   graft predict runs/sst2 new.jsonl --json         # one JSON object per line
+  graft predict runs/ants photos/                  # every image in a folder
+  graft predict runs/ants images.csv --text-col path
 """
 
 
@@ -74,10 +88,14 @@ def _type_for(hint: Any) -> tuple[Any, list[Any] | None]:
     return option, None
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
+def _add_config_options(
+    parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), base: RunConfig | None = None
+) -> None:
     for _section, cls, title in SECTIONS:
+        if _section in skip:
+            continue
         group = parser.add_argument_group(f"{title} options")
-        defaults = cls()
+        defaults = getattr(base, _section) if base else cls()
         for f, hint in cli_fields(cls):
             kind, choices = _type_for(hint)
             default = getattr(defaults, f.name)
@@ -122,7 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(with the majority-class baseline and 95% intervals); write the bundle to OUT/bundle.",
         epilog=FIT_EXAMPLES, formatter_class=raw,
     )  # fmt: skip
-    fit.add_argument("data", help="labeled data: CSV, TSV, JSONL or JSON file")
+    fit.add_argument(
+        "data",
+        help="labeled data: a CSV/TSV/JSONL/JSON file (texts, or a column of image/audio paths), or a "
+        "folder of images/audio in class folders (or train/ val/ test/ trees)",
+    )
     fit.add_argument("--out", help="run folder (default: runs/fit-<time>)")
     fit.add_argument("--config", help="YAML run config (as written to OUT/config.yaml); options override it")
     fit.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
@@ -137,8 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EVALUATE_EXAMPLES, formatter_class=raw,
     )  # fmt: skip
     ev.add_argument("bundle", help="bundle folder, or the run folder written by `graft fit --out`")
-    ev.add_argument("data", help="labeled data file")
-    ev.add_argument("--text-col", help="text column (default: the one the model was trained on)")
+    ev.add_argument("data", help="labeled data: a file, or a folder of class folders (images/audio)")
+    ev.add_argument(
+        "--text-col", "--path-col", dest="text_col",
+        help="text (or file path) column (default: the one the model was trained on)",
+    )  # fmt: skip
     ev.add_argument("--label-col", help="label column (default: the one the model was trained on)")
     ev.add_argument("--encoding", help="file encoding (default: UTF-8 with cp1252 fallback)")
     _add_common(ev)
@@ -149,22 +174,49 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=PREDICT_EXAMPLES, formatter_class=raw,
     )  # fmt: skip
     pr.add_argument("bundle", help="bundle folder, or a run folder")
-    pr.add_argument("input", help="inputs: CSV/TSV/JSONL with a text column, or .txt with one text per line")
+    pr.add_argument(
+        "input",
+        help="inputs: CSV/TSV/JSONL with a text (or path) column, .txt with one text (or path) per line, "
+        "or, for image/audio models, a folder or a single file",
+    )
     pr.add_argument("--out", help="write predictions to this CSV (default: stdout)")
-    pr.add_argument("--text-col", help="text column (default: the one the model was trained on)")
+    pr.add_argument(
+        "--text-col", "--path-col", dest="text_col",
+        help="text (or file path) column (default: the one the model was trained on)",
+    )  # fmt: skip
     _add_common(pr)
 
     bb = sub.add_parser("backbones", help="list backbone sources", description="List backbone sources.")
     bb.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern over source names")
     bb.add_argument("--json", action="store_true", help="machine-readable output")
 
-    demo = sub.add_parser(
-        "demo", help="fit MiniLM on a generated support-ticket dataset, evaluate, predict",
-        description="A tour in about a minute: writes a support-ticket intent dataset (7 intents), fits "
-        "the packaged MiniLM with --strategy auto, evaluates against the majority baseline, saves a "
-        "bundle and predicts new tickets.",
+    pre = sub.add_parser(
+        "pretrain", help="train one of graft's architectures from scratch: a foundation model of your own",
+        description="Supervised pre-training: train a registered architecture (resnet20, small_cnn, "
+        "audio_cnn) from random weights on a large labeled dataset, evaluate it, and write a bundle that "
+        "`graft fit --backbone bundle:OUT` transfers to a small dataset of the same input type. Defaults: "
+        "30 epochs, lr 2e-3 for every layer, patience 6 (override with the training options).",
+        epilog=PRETRAIN_EXAMPLES, formatter_class=raw,
     )  # fmt: skip
-    demo.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
+    pre.add_argument("data", help="labeled data, as for `graft fit`")
+    pre.add_argument("--arch", required=True, help="architecture to train (see `graft backbones arch`)")
+    pre.add_argument("--out", required=True, help="run folder; its bundle is OUT/bundle (use bundle:OUT)")
+    pre.add_argument("--config", help="YAML run config; options override it")
+    pre.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    pre.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    _add_common(pre)
+    _add_config_options(pre, skip=("backbone", "strategy"), base=pretrain_defaults())
+
+    demo = sub.add_parser(
+        "demo", help="a tour: text (default) or image transfer on generated/bundled data",
+        description="`graft demo` (text): writes a support-ticket intent dataset (7 intents), fits the "
+        "packaged MiniLM with --strategy auto, evaluates against the majority baseline, saves a bundle "
+        "and predicts new tickets. `graft demo image`: pre-trains a small CNN on scikit-learn's digits "
+        "0-4, then transfers it to digits 5-9 with 10 labels per class and compares a linear probe, a "
+        "full fine-tune and the same network trained from scratch.",
+    )  # fmt: skip
+    demo.add_argument("kind", nargs="?", choices=("text", "image"), default="text", help="which demo")
+    demo.add_argument("--out", default=None, help="run folder (default: runs/demo or runs/demo-image)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -180,8 +232,8 @@ def _version() -> str:
     return __version__
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    cfg = RunConfig.from_yaml(args.config) if getattr(args, "config", None) else RunConfig()
+def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) -> RunConfig:
+    cfg = RunConfig.from_yaml(args.config) if getattr(args, "config", None) else (base or RunConfig())
     for section, cls, _title in SECTIONS:
         changes = {}
         for f, _hint in cli_fields(cls):
@@ -221,6 +273,27 @@ def cmd_fit(args: argparse.Namespace) -> int:
     else:
         print(f"bundle: {summary['bundle']}")
         print(f"strategy: {summary['strategy']} ({summary['reason']})")
+        _print_metrics(summary)
+    return EXIT_OK
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from graft.api import pretrain
+
+    cfg = config_from_args(args, base=pretrain_defaults())
+    model = pretrain(args.data, args.arch, config=cfg, out=args.out, resume=args.resume,
+                     overwrite=args.overwrite, progress=not args.quiet)  # fmt: skip
+    summary = {
+        "bundle": str(Path(args.out) / "bundle"),
+        "backbone_source": f"bundle:{args.out}",
+        "arch": args.arch,
+        "task": model.task,
+        **_metrics_payload(model.metrics),
+    }
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        print(f"bundle: {summary['bundle']}  (transfer it with --backbone bundle:{args.out})")
         _print_metrics(summary)
     return EXIT_OK
 
@@ -270,20 +343,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from graft.api import decode_outputs, load
-    from graft.data import read_text_inputs
 
     model = load(args.bundle)
-    texts = read_text_inputs(args.input, args.text_col or model.contract.get("text_col"))
+    texts = model.inputs(args.input, args.text_col)
+    key = "text" if model.modality == "text" else "path"
+    activated = model.activated(texts, progress=not args.quiet)
     if model.task == "regression":
-        values = model.predict(texts, progress=not args.quiet)
-        rows = [{"text": t, "prediction": v} for t, v in zip(texts, values, strict=True)]
+        values = decode_outputs(model.task, model.label_space, activated)
+        rows = [{key: t, "prediction": v} for t, v in zip(texts, values, strict=True)]
     else:
-        proba = model.predict_proba(texts, progress=not args.quiet)
+        proba = activated
         labels = decode_outputs(model.task, model.label_space, proba)
         rows = []
         for text, label, p in zip(texts, labels, proba, strict=True):
             row: dict[str, Any] = {
-                "text": text,
+                key: text,
                 "prediction": "|".join(map(str, label)) if isinstance(label, list) else label,
             }
             row.update(
@@ -333,14 +407,20 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.kind == "image":
+        from graft.demo_image import run_image_demo
+
+        run_image_demo(Path(args.out or "runs/demo-image"), progress=not args.quiet)
+        return EXIT_OK
     from graft.demo import run_demo
 
-    run_demo(Path(args.out), progress=not args.quiet)
+    run_demo(Path(args.out or "runs/demo"), progress=not args.quiet)
     return EXIT_OK
 
 
 COMMANDS = {
     "fit": cmd_fit,
+    "pretrain": cmd_pretrain,
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
     "backbones": cmd_backbones,

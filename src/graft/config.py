@@ -275,6 +275,16 @@ class RunConfig:
         return dataclasses.replace(self, **{section: dataclasses.replace(current, **changes)})
 
 
+def pretrain_defaults() -> RunConfig:
+    """Training settings for supervised pre-training from random weights (``graft pretrain``):
+    every layer at the head's learning rate, more epochs and more patience than fine-tuning."""
+    return RunConfig(
+        strategy=StrategyConfig(kind="full"),
+        train=TrainConfig(epochs=30, lr=2e-3, head_lr=2e-3, batch_size=64, patience=6, warmup_ratio=0.05,
+                          weight_decay=5e-4),
+    )  # fmt: skip
+
+
 def _section_class(f: dataclasses.Field) -> type:
     hints = typing.get_type_hints(RunConfig)
     return hints[f.name]
