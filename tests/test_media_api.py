@@ -190,3 +190,22 @@ def test_random_backbone_auto_trains_everything(tmp_path, image_folder):
     model = graft.fit(image_folder, backbone="arch:small_cnn", config=cfg, progress=False)
     assert model.manifest_["strategy"]["kind"] == "full"
     assert "random weights" in model.manifest_["strategy"]["reason"]
+
+
+def test_augmented_image_run_resumes_bit_identically(tmp_path, image_folder):
+    """Worker processes and random augmentation do not break resume: worker seeds come from the
+    main generator, whose state each checkpoint saves."""
+    from tests.test_engine import Interrupt
+
+    cfg = RunConfig().replace("train", epochs=3, batch_size=8, lr=1e-3, patience=3, workers=2, seed=3)
+    cfg = cfg.replace("strategy", kind="full")
+    straight = graft.fit(image_folder, backbone=_tiny_backbone(), config=cfg, out=tmp_path / "a",
+                         progress=False)  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        graft.fit(image_folder, backbone=_tiny_backbone(), config=cfg, out=tmp_path / "b", progress=False,
+                  callbacks=[Interrupt(after_epoch=2)])  # fmt: skip
+    resumed = graft.fit(image_folder, backbone=_tiny_backbone(), config=cfg, out=tmp_path / "b",
+                        resume=True, progress=False)  # fmt: skip
+    a, b = straight.network_.state_dict(), resumed.network_.state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)

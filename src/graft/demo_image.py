@@ -39,10 +39,7 @@ def write_digits(root: Path, seed: int = 0) -> dict[str, Path]:
         idx = np.flatnonzero(digits.target == digit)
         picked.update(rng.choice(idx, LABELS_PER_CLASS, replace=False).tolist())
     for i, (image, target) in enumerate(zip(digits.images, digits.target, strict=True)):
-        if target in PRETRAIN_DIGITS:
-            part = "pretrain"
-        else:
-            part = "transfer" if i in picked else "test"
+        part = "pretrain" if target in PRETRAIN_DIGITS else "transfer" if i in picked else "test"
         folder = folders[part] / str(target)
         folder.mkdir(parents=True, exist_ok=True)
         pixels = (image * (255.0 / 16.0)).round().astype(np.uint8)
@@ -60,8 +57,9 @@ def run_image_demo(out: Path, progress: bool = True) -> dict[str, Any]:
     data = write_digits(out / "data")
     n_pre = sum(1 for _ in data["pretrain"].rglob("*.png"))
     n_test = sum(1 for _ in data["test"].rglob("*.png"))
-    say(f"1. wrote scikit-learn's digits as PNG folders under {out / 'data'}: {n_pre} images of 0-4 to "
-        f"pre-train on, {LABELS_PER_CLASS} labeled images per class of 5-9, {n_test} test images of 5-9")  # fmt: skip
+    say(f"1. wrote scikit-learn's digits as PNG folders under {out / 'data'}: {n_pre} images of 0-4 "
+        f"to pre-train on, {LABELS_PER_CLASS} labeled images per class of 5-9, {n_test} test images "
+        "of 5-9")  # fmt: skip
     say("2. pre-training small_cnn from random weights on digits 0-4 (graft pretrain) ...")
     pre_cfg = pretrain_defaults().replace("train", epochs=15, augment="none")
     base = graft.pretrain(data["pretrain"], "small_cnn", out=out / "pretrain", config=pre_cfg,
