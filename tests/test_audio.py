@@ -154,11 +154,6 @@ def test_broken_files_raise_audio_decode_error(tmp_path):
         AudioPreprocess()([str(corrupt)])
 
 
-@pytest.mark.xfail(
-    reason="soundfile raises LibsndfileError ('System error'), not FileNotFoundError, for a missing "
-    "file: load_audio should check the path first",
-    strict=False,
-)
 def test_missing_file_says_not_found(tmp_path):
     assert "not found" in check_audio(tmp_path / "missing.wav")
 

@@ -217,7 +217,7 @@ def test_image_preprocess_follows_processor_settings():
     assert image_preprocess_from_config({"resample": 1}, Config()).interpolation == "lanczos"
 
 
-def test_wav2vec2_folder_is_an_audio_backbone(w2v_dir, wav_files, tmp_path):
+def test_wav2vec2_folder_is_an_audio_backbone(w2v_dir, wav_files):
     source = f"hf:{w2v_dir}"
     assert source_modality(source) == "audio"
     bb = create_backbone(source)
@@ -235,14 +235,16 @@ def test_wav2vec2_folder_is_an_audio_backbone(w2v_dir, wav_files, tmp_path):
     assert feats.shape == (3, 32) and torch.isfinite(feats).all()
     assert torch.allclose(feats, hidden.mean(1))
     _check_groups(bb, ["embeddings", "layer.0", "layer.1"])
-    _round_trip(bb, tmp_path, batch)
 
 
-def test_audio_duration_is_part_of_the_contract(w2v_dir, wav_files):
-    bb = load_hf_media(str(w2v_dir), "audio", source=f"hf:{w2v_dir}", duration=1.0)
-    assert bb.contract.preprocessing["duration"] == 1.0
+def test_audio_duration_is_part_of_the_contract_and_survives_a_round_trip(w2v_dir, wav_files, tmp_path):
+    bb = load_hf_media(str(w2v_dir), "audio", source=f"hf:{w2v_dir}", duration=0.5)
+    assert bb.contract.preprocessing["duration"] == 0.5
     assert bb.contract != create_backbone(f"hf:{w2v_dir}").contract  # a different feature-cache key
-    assert bb.preprocess(wav_files)["input_values"].shape == (3, 16000)
+    batch = bb.preprocess(wav_files)
+    assert batch["input_values"].shape == (3, 8000)
+    rebuilt = _round_trip(bb, tmp_path, batch)
+    assert rebuilt.contract.preprocessing["duration"] == 0.5
 
 
 def test_stable_layer_norm_goes_to_the_final_group(tmp_path):

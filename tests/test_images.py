@@ -156,3 +156,16 @@ def test_real_hymenoptera_reads_with_its_palette_gif(tmp_path):
     assert len(ds) == 245 and ds.label_space == ("ants", "bees")
     gif = [p for p in ds.examples if p.endswith("imageNotFound.gif")]
     assert gif and load_image(gif[0]).mode == "RGB"
+
+
+def test_every_pillow_filter_and_non_square_sizes(tmp_path):
+    from graft.backbones.preprocess import INTERPOLATIONS, ImagePreprocess
+
+    _rgb((40, 10)).save(tmp_path / "wide.png")
+    for interpolation in INTERPOLATIONS:
+        out = ImagePreprocess(size=(8, 8), interpolation=interpolation)([str(tmp_path / "wide.png")])
+        assert out["pixel_values"].shape == (1, 3, 8, 8)
+    # a tall target from a wide image: covered, centre-cropped, never padded (no black border)
+    pre = ImagePreprocess(size=(12, 6), mean=(0, 0, 0), std=(1, 1, 1))
+    pixels = pre([str(tmp_path / "wide.png")])["pixel_values"][0]
+    assert pixels.shape == (3, 12, 6) and pixels[0].min() > 0.7

@@ -103,23 +103,36 @@ class ImagePreprocess:
         return {self.input_key: torch.stack([self.one(p) for p in examples])}
 
 
+class _CoverResize:
+    """Resize (PIL) so the image covers ``size / crop_pct`` on both sides, keeping its aspect ratio;
+    the centre crop that follows then never pads."""
+
+    def __init__(self, size: tuple[int, int], crop_pct: float, resample: int) -> None:
+        self.size, self.crop_pct, self.resample = size, crop_pct, resample
+
+    def __call__(self, image):
+        width, height = image.size
+        scale = max(self.size[0] / height, self.size[1] / width) / self.crop_pct
+        target = (max(1, round(width * scale)), max(1, round(height * scale)))
+        return image if target == image.size else image.resize(target, self.resample)
+
+
 @functools.lru_cache(maxsize=16)
 def _image_transform(p: ImagePreprocess):
+    from PIL import Image
     from torchvision.transforms import InterpolationMode, v2
 
     mode = InterpolationMode(p.interpolation)
     if p.augment == "none":
-        if p.crop_pct >= 1.0 and p.size[0] == p.size[1]:
-            resize = [v2.Resize(p.size[0], interpolation=mode, antialias=True), v2.CenterCrop(p.size)]
-        else:
-            shorter = round(min(p.size) / p.crop_pct)
-            resize = [v2.Resize(shorter, interpolation=mode, antialias=True), v2.CenterCrop(p.size)]
+        resample = getattr(Image.Resampling, p.interpolation.upper())
+        resize = [_CoverResize(p.size, p.crop_pct, resample), v2.CenterCrop(p.size)]
     else:
         resize = [v2.RandomResizedCrop(p.size, scale=p.scale, interpolation=mode, antialias=True)]
         if p.augment == "crop_flip":
             resize.append(v2.RandomHorizontalFlip())
+    # Geometry on the PIL image (every Pillow filter, antialiased), then to a float tensor.
     return v2.Compose(
-        [v2.PILToTensor(), *resize, v2.ToDtype(torch.float32, scale=True), v2.Normalize(p.mean, p.std)]
+        [*resize, v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(p.mean, p.std)]
     )
 
 

@@ -24,7 +24,8 @@ def resample(wave: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     from scipy.signal import resample_poly
 
     ratio = Fraction(to_rate, from_rate).limit_denominator(1000)
-    return resample_poly(wave, ratio.numerator, ratio.denominator).astype(np.float32)
+    out = resample_poly(wave, ratio.numerator, ratio.denominator)
+    return np.clip(out, -1.0, 1.0).astype(np.float32)  # the filter's ringing may overshoot full scale
 
 
 def load_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
@@ -35,6 +36,8 @@ def load_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.nda
     """
     import soundfile as sf
 
+    if not Path(path).is_file():
+        raise AudioDecodeError("file not found")
     try:
         wave, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except FileNotFoundError:
