@@ -536,19 +536,28 @@ def fit(
             return feats.of(source, "extracting features")[torch.as_tensor(idx)]
         return feats.of(ds, f"extracting {part} features")
 
-    if plan.frozen_backbone:
+    def probe_head() -> Any:
         train_x, val_x = split_features("train"), split_features("val")
         timings["features"] = time.perf_counter() - t
-        t = time.perf_counter()
         head.set_input_stats(train_x)
         train_y, val_y = _targets(split.train), _targets(split.val)
-        probe = fit_probe(head, train_x, train_y, val_x, val_y, loss_fn=head.loss, metric_fn=metric_fn)
+        return fit_probe(head, train_x, train_y, val_x, val_y, loss_fn=head.loss, metric_fn=metric_fn)
+
+    if plan.frozen_backbone:
+        probe = probe_head()
         validation.update(best=probe.val_metric, val_loss=probe.val_loss, l2=probe.l2, grid=probe.grid)
         _say(progress, f"head: L2 {probe.l2:g} chosen on validation ({metric_name} {probe.val_metric:.4f})")
-        timings["train_head"] = time.perf_counter() - t
+        timings["train_head"] = time.perf_counter() - t - timings["features"]
         test_outputs = head_outputs(head, split_features("test"))
     else:
-        if pretrained:  # random features change completely while training: no fixed standardisation
+        if pretrained and cfg.strategy.head_init == "probe":
+            # LP-FT (Kumar et al. 2022): start fine-tuning from the linear probe's head, so the first
+            # steps refine good features instead of pushing a random head's gradients through them.
+            probe = probe_head()
+            validation.update(probe_val_metric=probe.val_metric, probe_l2=probe.l2)
+            _say(progress, f"head: starts from the linear probe ({metric_name} {probe.val_metric:.4f} on "
+                           "validation), then the backbone trains")  # fmt: skip
+        elif pretrained:  # random features change completely while training: no fixed standardisation
             rng = np.random.default_rng(cfg.train.seed)
             sample = rng.choice(len(split.train), min(HEAD_STATS_SAMPLE, len(split.train)), replace=False)
             sample_x = extract_features(bb, [split.train.examples[i] for i in sample], progress=False,
@@ -565,6 +574,7 @@ def fit(
             network, bind(plan, cfg.train), _pairs(split.train), _pairs(split.val),
             collate=PairCollate(bb.preprocessor(augment)), val_collate=PairCollate(bb.preprocessor()),
             loss_fn=head.loss, metric_fn=metric_fn, resume=resume, workers=_workers(bb, cfg.train.workers),
+            initial_metric=validation.get("probe_val_metric"),
         )  # fmt: skip
         history = [dataclasses.asdict(e) for e in hist.epochs]
         validation.update(best=hist.best_metric, best_epoch=hist.best_epoch, stopped_early=hist.stopped_early)

@@ -165,6 +165,13 @@ class StrategyConfig:
     layer_lr_decay: float = field(
         default=1.0, metadata=_help("per-group learning-rate multiplier going down the network (e.g. 0.8)")
     )
+    head_init: Literal["probe", "random"] = field(
+        default="probe",
+        metadata=_help(
+            "how the head starts when the backbone trains: probe = the linear probe fitted on frozen "
+            "features first (LP-FT), random = a fresh head"
+        ),
+    )
 
     def __post_init__(self) -> None:
         if self.unfreeze_top is not None:

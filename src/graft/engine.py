@@ -179,6 +179,7 @@ class Engine:
         resume: bool = False,
         val_collate: Callable[[list[Any]], tuple[Any, torch.Tensor]] | None = None,
         workers: int = 0,
+        initial_metric: float | None = None,
     ) -> History:
         """Train ``model`` in place; on return it holds the best weights seen on validation.
 
@@ -186,7 +187,9 @@ class Engine:
         ``val_collate`` (default ``collate``) does it for validation. With ``workers`` > 0 batches are
         collated in that many worker processes (``collate`` must then be picklable); their random
         seeds derive from the main generator each epoch, so a resumed run augments as an
-        uninterrupted one would.
+        uninterrupted one would. ``initial_metric``: the validation metric of the model as given
+        (e.g. a probe-initialised head); training must beat it, else the starting weights are kept
+        (reported as best epoch 0).
         """
         cfg = self.config
         accelerator = make_accelerator(cfg.mixed_precision, cfg.grad_accum)
@@ -217,6 +220,15 @@ class Engine:
         )
         train_loader, val_loader = accelerator.prepare(train_loader, val_loader)
         best_state = self._best_state_from_disk() if saved is not None else None
+        if saved is None and initial_metric is not None:
+            history.best_metric, history.best_epoch = initial_metric, 0
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            if self.checkpoint_dir is not None:
+                self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                save_tensors(best_state, self.checkpoint_dir / "best.safetensors.tmp")
+                (self.checkpoint_dir / "best.safetensors.tmp").replace(
+                    self.checkpoint_dir / "best.safetensors"
+                )
         wrapped = None
 
         for pi, phase in enumerate(phases):

@@ -67,8 +67,12 @@ def read_dataset(
         table = read_table(path, cfg)
     else:
         table = table_from_object(data)
-    path_col = cfg.path_col or (prefer_columns[0] if prefer_columns[0] in table.columns else None)
-    j = _path_column(table, path_col if path_col and table.has_header else cfg.path_col)
+    try:
+        j = _path_column(table, cfg.path_col)
+    except DataError:
+        if cfg.path_col or prefer_columns[0] not in table.columns:
+            raise
+        j = table.columns.index(prefer_columns[0])  # several path columns: the model's own
     if j is not None:
         return read_media_table(table, cfg, j, prefer_label=prefer_columns[1], **build)
     return read_text_dataset(
