@@ -74,8 +74,8 @@ def main() -> None:
     train, test = table(train_idx), table(test_idx)
     print(f"train {len(train_idx)} ({args.per_class}/class, 15% of it for validation), test {len(test_idx)}")
     weights = data / "models" / "resnet20_cifar10.th"
-    tune = RunConfig().replace("train", epochs=args.epochs, batch_size=64, lr=1e-3, head_lr=3e-3,
-                               patience=args.epochs, augment="crop_flip", seed=args.seed)  # fmt: skip
+    tune = RunConfig().replace("train", epochs=args.epochs, batch_size=64, lr=3e-4, head_lr=3e-3,
+                               patience=args.epochs, seed=args.seed)  # fmt: skip
     scratch = tune.replace("train", lr=3e-3)
     runs = {
         "linear probe (pretrained)": dict(backbone=resnet20_backbone(weights), strategy="linear_probe"),

@@ -210,28 +210,39 @@ def tokenizer_sha256(tokenizer: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def load_hf_text(path_or_id: str, *, source: str, max_length: int | None = None) -> HFTextBackbone:
-    """Load an encoder and its tokenizer from a local folder (or the hub when online)."""
-    from transformers import AutoModel, AutoTokenizer
-
+def hf_location(path_or_id: str, source: str) -> tuple[str, bool]:
+    """``(name to load, whether it is a local folder)``; a path-like name that is no folder raises."""
     folder = Path(path_or_id).expanduser()
     local = folder.is_dir()
     if not local and (os.sep in path_or_id or path_or_id.startswith(".")) and path_or_id.count("/") != 1:
         raise ConfigError(f"backbone {source!r}: folder not found: {folder}")
-    st = read_sentence_transformers_config(folder) if local else {}
+    return (str(folder) if local else path_or_id), local
+
+
+def hf_load_error(exc: Exception, source: str, local: bool) -> ConfigError:
+    """A loading failure as one line, with the offline hint where the hub could not be asked."""
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    hint = (
+        " the hub is offline (HF_HUB_OFFLINE=1): download the model, then pass its folder as hf:<path>"
+        if offline and not local
+        else ""
+    )
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ConfigError(f"cannot load backbone {source!r}: {first}.{hint}")
+
+
+def load_hf_text(path_or_id: str, *, source: str, max_length: int | None = None) -> HFTextBackbone:
+    """Load an encoder and its tokenizer from a local folder (or the hub when online)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    name, local = hf_location(path_or_id, source)
+    st = read_sentence_transformers_config(Path(name)) if local else {}
     try:
         with _quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(str(folder) if local else path_or_id)
-            model = AutoModel.from_pretrained(str(folder) if local else path_or_id)
+            tokenizer = AutoTokenizer.from_pretrained(name)
+            model = AutoModel.from_pretrained(name)
     except (OSError, ValueError) as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = (
-            " the hub is offline (HF_HUB_OFFLINE=1): download the model, then pass its folder as hf:<path>"
-            if offline and not local
-            else ""
-        )
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot load backbone {source!r}: {first}.{hint}") from None
+        raise hf_load_error(exc, source, local) from None
     if not hasattr(model.config, "hidden_size"):
         raise ConfigError(
             f"backbone {source!r} ({type(model).__name__}) is not a text encoder with a hidden size; "

@@ -35,7 +35,6 @@ Example:
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ import torch
 from torch import nn
 
 from graft.backbones.base import Backbone, Contract, LayerGroup, find_block_list, groups_from_blocks
-from graft.backbones.hf import _quiet_transformers
+from graft.backbones.hf import _quiet_transformers, hf_load_error, hf_location
 from graft.backbones.preprocess import INTERPOLATIONS, AudioPreprocess, ImagePreprocess, preprocess_from_dict
 from graft.errors import ConfigError
 
@@ -422,11 +421,7 @@ def load_hf_media(
         raise ConfigError(f"hf: media backbones are 'image' or 'audio', got {modality!r}")
     from transformers import AutoConfig, AutoModel
 
-    folder = Path(path_or_id).expanduser()
-    local = folder.is_dir()
-    if not local and (os.sep in path_or_id or path_or_id.startswith(".")) and path_or_id.count("/") != 1:
-        raise ConfigError(f"backbone {source!r}: folder not found: {folder}")
-    name = str(folder) if local else path_or_id
+    name, local = hf_location(path_or_id, source)
     try:
         with _quiet_transformers():
             config = AutoConfig.from_pretrained(name)
@@ -436,14 +431,7 @@ def load_hf_media(
     except ConfigError:
         raise
     except (OSError, ValueError, KeyError) as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = (
-            " the hub is offline (HF_HUB_OFFLINE=1): download the model, then pass its folder as hf:<path>"
-            if offline and not local
-            else ""
-        )
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot load backbone {source!r}: {first}.{hint}") from None
+        raise hf_load_error(exc, source, local) from None
     _check_model(model, modality, source)
     missing = [k for k in (info or {}).get("missing_keys", []) if not k.startswith(_OPTIONAL_KEYS)]
     if missing:

@@ -23,7 +23,7 @@ INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 class ImagePreprocess:
     """Decode -> resize (shorter side to ``size / crop_pct``) -> centre crop -> [0, 1] -> normalise.
 
-    With ``augment`` (training only): random resized crop (``scale``) and, for ``crop_flip``, a
+    With ``augment`` (training only): random resized crop (area ``scale``) and, for ``crop_flip``, a
     horizontal flip, in place of the resize and centre crop.
 
     Attributes:
@@ -41,13 +41,18 @@ class ImagePreprocess:
     crop_pct: float = 1.0
     channels: int = 3
     augment: str = "none"
-    scale: tuple[float, float] = (0.35, 1.0)
+    # random-resized-crop area range; None: (0.35, 1) for inputs above 64 px, (0.7, 1) for small
+    # ones (a 32x32 crop of a third of a 32x32 image loses the object: measured on CIFAR-10, 0.80
+    # vs 0.85 with no augmentation at all)
+    scale: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         size = tuple(int(s) for s in self.size)
         object.__setattr__(self, "size", size)
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        if self.scale is None:
+            object.__setattr__(self, "scale", (0.35, 1.0) if min(size) > 64 else (0.7, 1.0))
         object.__setattr__(self, "scale", tuple(float(s) for s in self.scale))
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"size must be (height, width) of positive ints, got {self.size}")

@@ -23,7 +23,14 @@ from typing import Any
 
 from graft.config import DataConfig
 from graft.data.dataset import DataReport, Dataset, build_dataset
-from graft.data.text import LABEL_NAMES, MEDIA_SUFFIXES, Table, read_table, table_from_object
+from graft.data.text import (
+    MEDIA_SUFFIXES,
+    Table,
+    _resolve_column,
+    detect_label_column,
+    read_table,
+    table_from_object,
+)
 from graft.errors import ContractError, DataError, format_problems
 
 PATH_NAMES = (
@@ -255,22 +262,7 @@ def read_media_table(
     """A table whose ``path_j`` column holds file paths (relative to the table's folder)."""
     base = Path(table.source).parent if table.is_file else Path.cwd()
     label_col = cfg.label_col or (prefer_label if prefer_label in table.columns else None)
-    if label_col:
-        label_j = table.columns.index(label_col) if label_col in table.columns else None
-        if label_j is None:
-            raise DataError(f"{table.source}: no label column {label_col!r}; the columns are {table.columns}")
-    else:
-        named = [j for j, c in enumerate(table.columns) if c.lower() in LABEL_NAMES and j != path_j]
-        others = [j for j in range(len(table.columns)) if j != path_j]
-        if len(named) == 1:
-            label_j = named[0]
-        elif len(others) == 1:
-            label_j = others[0]
-        else:
-            raise DataError(
-                f"{table.source}: cannot tell which column holds the label among {table.columns}; "
-                "pass --label-col"
-            )
+    label_j = _resolve_column(table, label_col, "label") if label_col else detect_label_column(table, path_j)
     modality = _column_modality(table, path_j)
     paths, problems = [], []
     for i, value in enumerate(table.column(path_j)):

@@ -377,6 +377,20 @@ def _mean_length(table: Table, j: int) -> float:
     return sum(map(len, values)) / max(1, len(values))
 
 
+def detect_label_column(table: Table, input_j: int) -> int:
+    """The label column beside input column ``input_j``: the one with a label-like name, or the
+    only other column."""
+    named = _by_name(table, LABEL_NAMES, {input_j})
+    others = [j for j in range(len(table.columns)) if j != input_j]
+    if len(named) == 1:
+        return named[0]
+    if len(others) == 1:
+        return others[0]
+    raise DataError(
+        f"{table.source}: cannot tell which column holds the label among {table.columns}; pass --label-col"
+    )
+
+
 def choose_columns(
     table: Table,
     text_col: str | None,
@@ -415,17 +429,7 @@ def choose_columns(
                 )
             text_j = candidates[0]
     if label_j is None:
-        named = _by_name(table, LABEL_NAMES, {text_j})
-        others = [j for j in range(len(table.columns)) if j != text_j]
-        if len(named) == 1:
-            label_j = named[0]
-        elif len(others) == 1:
-            label_j = others[0]
-        else:
-            raise DataError(
-                f"{table.source}: cannot tell which column holds the label among {table.columns}; "
-                "pass --label-col"
-            )
+        label_j = detect_label_column(table, text_j)
     if label_j == text_j:
         raise DataError(
             f"{table.source}: the text and label columns are the same ({table.columns[text_j]!r})"
