@@ -17,11 +17,11 @@ Prints a table of test accuracy with 95% intervals; about 10 minutes on 2 CPU co
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
 import numpy as np
+from _shared import print_table, shared_data
 
 import graft
 from graft.backbones.archs import build_architecture
@@ -30,15 +30,6 @@ from graft.config import RunConfig
 from graft.data import read_dataset
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def shared_data() -> Path:
-    if os.environ.get("GRAFT_SHARED_DATA"):
-        return Path(os.environ["GRAFT_SHARED_DATA"])
-    for base in (*Path(__file__).resolve().parents, Path("/work")):
-        if (base / "shared" / "data" / "README.md").is_file():
-            return base / "shared" / "data"
-    raise SystemExit("shared data not found: set GRAFT_SHARED_DATA to the shared/data folder")
 
 
 def resnet20_backbone(weights: Path) -> graft.Backbone:
@@ -91,9 +82,8 @@ def main() -> None:
                           overwrite=True, **kwargs)  # fmt: skip
         result = model.report_.test
         rows.append((name, result.metrics["accuracy"], result.intervals["accuracy"], time.perf_counter() - t))
-    print(f"\n{'run':<32}{'accuracy':>9}  {'95% interval':<17}{'seconds':>8}")
-    for name, acc, (lo, hi), seconds in rows:
-        print(f"{name:<32}{acc:>9.3f}  [{lo:.3f}, {hi:.3f}]  {seconds:>7.0f}")
+    print()
+    print_table(rows)
     print(f"(test: {len(test_idx)} images; majority baseline 0.100; the checkpoint's own head: about 0.81)")
 
 

@@ -18,26 +18,17 @@ About 6 minutes on 2 CPU cores; prints a table of speaker accuracy with 95% inte
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import time
 from pathlib import Path
 
 import numpy as np
+from _shared import print_table, shared_data
 
 import graft
 from graft.config import RunConfig, pretrain_defaults
 
 NAME = re.compile(r"^(\d+)_([a-z]+)_(\d+)\.wav$")
-
-
-def shared_data() -> Path:
-    if os.environ.get("GRAFT_SHARED_DATA"):
-        return Path(os.environ["GRAFT_SHARED_DATA"])
-    for base in (*Path(__file__).resolve().parents, Path("/work")):
-        if (base / "shared" / "data" / "README.md").is_file():
-            return base / "shared" / "data"
-    raise SystemExit("shared data not found: set GRAFT_SHARED_DATA to the shared/data folder")
 
 
 def main() -> None:
@@ -92,9 +83,7 @@ def main() -> None:
     print(f"\npre-training (digits, {len(train)} clips, {pre_seconds:.0f} s): held-out digit accuracy "
           f"{digit_acc:.3f}")  # fmt: skip
     print(f"speaker task: {len(few)} labeled clips ({args.per_speaker}/speaker), test {len(test)} clips")
-    print(f"{'run':<32}{'accuracy':>9}  {'95% interval':<17}{'seconds':>8}")
-    for name, acc, (lo, hi), seconds in rows:
-        print(f"{name:<32}{acc:>9.3f}  [{lo:.3f}, {hi:.3f}]  {seconds:>7.0f}")
+    print_table(rows)
     print(f"(majority baseline {1 / len(speakers):.3f})")
 
 

@@ -209,3 +209,15 @@ def test_augmented_image_run_resumes_bit_identically(tmp_path, image_folder):
     a, b = straight.network_.state_dict(), resumed.network_.state_dict()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+
+
+def test_image_demo_runs_end_to_end(tmp_path, capsys):
+    """`graft demo image` with few epochs: every step runs and the table is printed."""
+    from graft.demo_image import run_image_demo
+
+    accuracies = run_image_demo(tmp_path / "demo", progress=False, pretrain_epochs=1, epochs=1)
+    out = capsys.readouterr().out
+    assert set(accuracies) == {"linear probe (pre-trained)", "full fine-tune (pre-trained)",
+                               "from scratch (same network)"}  # fmt: skip
+    assert "majority class" in out and "10 labeled images per class" in out
+    assert graft.load(tmp_path / "demo" / "full-fine-tune").modality == "image"

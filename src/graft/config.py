@@ -205,8 +205,9 @@ class TrainConfig:
     augment: Augment = field(
         default="auto",
         metadata=_help(
-            "image augmentation while fine-tuning: crop (random resized crop), crop_flip (+ horizontal "
-            "flip), none; auto = crop_flip for images, none otherwise. Never applied to cached features"
+            "augmentation while fine-tuning: crop (random resized crop; audio: random offset), crop_flip "
+            "(+ horizontal flip), none; auto = crop_flip for images above 64 px, none for smaller ones, "
+            "crop for audio. Never applied to cached features"
         ),
     )
     workers: int | None = field(

@@ -47,7 +47,10 @@ def write_digits(root: Path, seed: int = 0) -> dict[str, Path]:
     return folders
 
 
-def run_image_demo(out: Path, progress: bool = True) -> dict[str, Any]:
+def run_image_demo(
+    out: Path, progress: bool = True, *, pretrain_epochs: int = 15, epochs: int = 40
+) -> dict[str, Any]:
+    """Write the data, pre-train, transfer three ways, print the comparison; returns accuracies."""
     import graft
     from graft.config import RunConfig, TrainConfig, pretrain_defaults
 
@@ -61,11 +64,11 @@ def run_image_demo(out: Path, progress: bool = True) -> dict[str, Any]:
         f"to pre-train on, {LABELS_PER_CLASS} labeled images per class of 5-9, {n_test} test images "
         "of 5-9")  # fmt: skip
     say("2. pre-training small_cnn from random weights on digits 0-4 (graft pretrain) ...")
-    pre_cfg = pretrain_defaults().replace("train", epochs=15, augment="none")
+    pre_cfg = pretrain_defaults().replace("train", epochs=pretrain_epochs, augment="none")
     base = graft.pretrain(data["pretrain"], "small_cnn", out=out / "pretrain", config=pre_cfg,
                           overwrite=True, progress=progress)  # fmt: skip
     say(f"   digits 0-4, held-out accuracy {base.metrics['test']['accuracy']:.3f}")
-    tune = TrainConfig(epochs=40, lr=1e-3, head_lr=3e-3, batch_size=16, patience=10, augment="none",
+    tune = TrainConfig(epochs=epochs, lr=1e-3, head_lr=3e-3, batch_size=16, patience=10, augment="none",
                        warmup_ratio=0.0)  # fmt: skip
     runs = {
         "linear probe (pre-trained)": ("bundle", "linear_probe", RunConfig(train=tune)),

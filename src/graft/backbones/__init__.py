@@ -159,7 +159,7 @@ def _hf(argument: str | None, options: dict[str, Any]) -> Backbone:
     from graft.backbones.hf import hf_modality, load_hf_text
 
     modality = hf_modality(argument or "")
-    if modality != "text":
+    if modality in ("image", "audio"):
         from graft.backbones.hf_media import load_hf_media
 
         return load_hf_media(argument or "", modality, source=f"hf:{argument}")

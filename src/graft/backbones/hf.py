@@ -326,8 +326,8 @@ _AUDIO_TYPES = {
 def hf_modality(path_or_id: str) -> str:
     """'text', 'image' or 'audio' for a Hugging Face model, from its config and preprocessor files.
 
-    Only local folders can be inspected without loading; a hub id counts as text unless its config
-    is in the local cache.
+    Only local folders can be inspected without loading; for a hub id whose config cannot be read
+    (offline, not cached) the answer is "any" (loading it will say why it fails).
     """
     folder = Path(path_or_id).expanduser()
     config: dict[str, Any] = {}
@@ -345,7 +345,7 @@ def hf_modality(path_or_id: str) -> str:
             with _quiet_transformers():
                 config = AutoConfig.from_pretrained(path_or_id).to_dict()
         except Exception:
-            return "text"
+            return "any"
     model_type = str(config.get("model_type", "")).lower()
     if model_type in _AUDIO_TYPES or "sampling_rate" in pre:
         return "audio"
