@@ -402,7 +402,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
         print(f"no backbone source matches {args.pattern!r}", file=sys.stderr)
         return EXIT_USAGE
     for e in entries:
-        print(f"{e.example:<24}{e.modality:<8}{e.description}")
+        print(f"{e.example:<26}{e.modality:<8}{e.description}")
     return EXIT_OK
 
 

@@ -44,9 +44,10 @@ class Contract:
 def check_modality(data_modality: str, contract: Contract, backbone_name: str, data_source: str) -> None:
     """Refuse data of another input type before any work is done."""
     if data_modality != contract.modality:
+        article = "an" if data_modality[:1] in "aeiou" else "a"
         raise ContractError(
             f"modality mismatch: backbone {backbone_name!r} was pretrained on {contract.modality} but "
-            f"{data_source} holds {data_modality}; choose a {data_modality} backbone "
+            f"{data_source} holds {data_modality}; choose {article} {data_modality} backbone "
             "(see `graft backbones`)"
         )
 
