@@ -10,7 +10,7 @@ test. Three runs, all through graft's public API:
 2. full fine-tune of the same backbone;
 3. the same architecture from random weights (``arch:resnet20``), trained on the same images.
 
-Run:  .venv/bin/python examples/cifar10_resnet20.py [--epochs 10] [--out runs/cifar10]
+Run:  .venv/bin/python examples/cifar10_resnet20.py [--epochs 6] [--out runs/cifar10]
 Prints a table of test accuracy with 95% intervals; about 10 minutes on 2 CPU cores.
 """
 
@@ -46,7 +46,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--per-class", type=int, default=500, help="training images per class")
-    parser.add_argument("--epochs", type=int, default=10, help="fine-tuning / from-scratch epochs")
+    parser.add_argument("--epochs", type=int, default=6, help="fine-tuning / from-scratch epochs")
     parser.add_argument("--out", default="runs/cifar10", help="folder for the three runs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
