@@ -221,3 +221,10 @@ def test_image_demo_runs_end_to_end(tmp_path, capsys):
                                "from scratch (same network)"}  # fmt: skip
     assert "majority class" in out and "10 labeled images per class" in out
     assert graft.load(tmp_path / "demo" / "full-fine-tune").modality == "image"
+
+
+def test_random_initialisation_is_seeded(tmp_path, image_folder):
+    cfg = RunConfig().replace("train", epochs=1, workers=0, seed=5)
+    a = graft.fit(image_folder, backbone="arch:small_cnn", config=cfg, progress=False)
+    b = graft.fit(image_folder, backbone="arch:small_cnn", config=cfg, progress=False)
+    assert a.network_.backbone.weights_sha256() == b.network_.backbone.weights_sha256()

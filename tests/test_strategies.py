@@ -127,3 +127,14 @@ def test_frozen_batchnorm_stays_in_eval_and_keeps_its_statistics():
     model({"x": torch.randn(16, 4) * 5 + 3})
     torch.testing.assert_close(model.backbone.low[1].running_mean, running)
     assert not torch.equal(model.backbone.high[1].running_mean, torch.zeros(8))
+
+
+def test_frozen_bn_statistics_keep_running_stats_while_affine_trains():
+    model = TaskModel(_BNBackbone(), make_head("multiclass", 8, 2))
+    set_train_mode(model, freeze_bn_stats=True)
+    bns = [m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert bns and all(not m.training for m in bns)
+    assert all(p.requires_grad for m in bns for p in m.parameters())
+    before = [m.running_mean.clone() for m in bns]
+    model({"x": torch.randn(16, 4) * 5 + 3})
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, bns, strict=True))

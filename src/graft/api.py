@@ -478,6 +478,7 @@ def fit(
 
     # 2. backbone, and the contract check before any work
     t = time.perf_counter()
+    torch.manual_seed(cfg.train.seed)  # architectures built from random weights start the same each run
     bb = given_backbone or create_backbone(
         cfg.backbone.source, max_length=cfg.backbone.max_length, weights=cfg.backbone.weights
     )
@@ -568,10 +569,12 @@ def fit(
             checkpoint_dir=out_dir / "checkpoints" if out_dir else None,
         )  # fmt: skip
         augment = _augment_for(cfg.train.augment, bb.contract)
+        bn = cfg.strategy.bn_stats
+        freeze_bn = bn == "frozen" or (bn == "auto" and pretrained)
         if augment != "none":
             _say(progress, f"augmentation while fine-tuning: {augment}")
         hist = engine.fit(
-            network, bind(plan, cfg.train), _pairs(split.train), _pairs(split.val),
+            network, bind(plan, cfg.train, freeze_bn_stats=freeze_bn), _pairs(split.train), _pairs(split.val),
             collate=PairCollate(bb.preprocessor(augment)), val_collate=PairCollate(bb.preprocessor()),
             loss_fn=head.loss, metric_fn=metric_fn, resume=resume, workers=_workers(bb, cfg.train.workers),
             initial_metric=validation.get("probe_val_metric"),

@@ -165,6 +165,14 @@ class StrategyConfig:
     layer_lr_decay: float = field(
         default=1.0, metadata=_help("per-group learning-rate multiplier going down the network (e.g. 0.8)")
     )
+    bn_stats: Literal["auto", "frozen", "train"] = field(
+        default="auto",
+        metadata=_help(
+            "BatchNorm running statistics while the backbone trains: frozen (the pretrained ones), "
+            "train (re-estimated from each batch), auto = frozen for a pretrained backbone, train from "
+            "random weights"
+        ),
+    )
     head_init: Literal["probe", "random"] = field(
         default="probe",
         metadata=_help(

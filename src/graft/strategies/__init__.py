@@ -148,16 +148,19 @@ def _batch_norm_types() -> tuple[type, ...]:
     return (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
-def set_train_mode(model: nn.Module) -> None:
+def set_train_mode(model: nn.Module, freeze_bn_stats: bool = False) -> None:
     """Training mode, except BatchNorm layers with frozen parameters stay in eval mode.
 
     Frozen BN layers in train mode would keep updating their running statistics (Keras #9965).
+    With ``freeze_bn_stats`` every BN layer of the backbone stays in eval mode: its affine
+    parameters still train, but it normalises with the pretrained running statistics instead of
+    those of small, noisy batches (the usual choice when fine-tuning on little data).
     """
     model.train()
     batch_norms = _batch_norm_types()
     for module in model.backbone.modules():
-        if isinstance(module, batch_norms) and not any(
-            p.requires_grad for p in module.parameters(recurse=False)
+        if isinstance(module, batch_norms) and (
+            freeze_bn_stats or not any(p.requires_grad for p in module.parameters(recurse=False))
         ):
             module.eval()
 
@@ -198,6 +201,7 @@ class BoundPhase:
 
     phase: Phase
     train: TrainConfig
+    freeze_bn_stats: bool = False
 
     @property
     def name(self) -> str:
@@ -211,14 +215,14 @@ class BoundPhase:
         set_trainable(model, self.phase)
 
     def train_mode(self, model: nn.Module) -> None:
-        set_train_mode(model)
+        set_train_mode(model, self.freeze_bn_stats)
 
     def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         return param_groups(model, self.phase, self.train)
 
 
-def bind(plan: Plan, train: TrainConfig) -> list[BoundPhase]:
-    return [BoundPhase(phase, train) for phase in plan.phases]
+def bind(plan: Plan, train: TrainConfig, freeze_bn_stats: bool = False) -> list[BoundPhase]:
+    return [BoundPhase(phase, train, freeze_bn_stats) for phase in plan.phases]
 
 
 __all__ = [
