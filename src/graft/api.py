@@ -425,8 +425,8 @@ def fit(
     out_dir = Path(out) if out is not None else None
 
     # 0. the modality check, from names only: before any file is decoded or weights are loaded
-    if isinstance(data, str | Path) and layout_splits(data):
-        parts = layout_splits(data)
+    parts = layout_splits(data) if isinstance(data, str | Path) else {}
+    if parts:
         _say(progress, f"data: {data} is split into {', '.join(parts)} folders; using them as the protocol")
         data = parts["train"]
         if val is None and cfg.data.val is None and "val" in parts:

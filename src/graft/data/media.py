@@ -121,6 +121,10 @@ def detect_modality(data: Any, cfg: DataConfig | None = None) -> str:
             return modality
         if not path.exists():
             return "text"  # read_table names the missing file
+        with path.open("rb") as f:
+            head = f.read(65536).decode("utf-8", "replace").lower()
+        if not any(suffix in head for suffixes in MEDIA_SUFFIXES.values() for suffix in suffixes):
+            return "text"  # no file names of media in the first 64 KB: not worth reading it all twice
         table = read_table(path, cfg)
     else:
         try:
