@@ -28,6 +28,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/feature_cache.py
+	$(BIN)/python benchmarks/streaming_memory.py
+	$(BIN)/python benchmarks/overhead.py
 
 clean-venv:
 	rm -rf $(VENV)

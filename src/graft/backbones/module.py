@@ -175,14 +175,13 @@ class ModuleBackbone(Backbone):
         spec: dict[str, Any],
         groups: Sequence[tuple[str, Sequence[str]]] | None = None,
         feature_dim: int | None = None,
-        extra_contract: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.body = body
         self._preprocess = preprocess
         self.source = source
         self._spec = dict(spec)
-        self.contract = Contract(preprocess.modality, {**preprocess.to_dict(), **(extra_contract or {})})
+        self.contract = Contract(preprocess.modality, preprocess.to_dict())
         self._groups = [(n, list(p)) for n, p in (groups or top_level_groups(body))]
         self._check_groups()
         self.feature_dim = feature_dim or self._measure_dim()
@@ -221,10 +220,9 @@ class ModuleBackbone(Backbone):
         }
 
     def save_architecture(self, folder: Path) -> None:
+        # Rebuilt from spec() alone (arch / timm / torchvision names, or the user's module): the
+        # folder stays empty.
         folder.mkdir(parents=True, exist_ok=True)
-        save = getattr(self.body, "_graft_save_architecture", None)
-        if save is not None:
-            save(folder)
 
     # -- helpers -------------------------------------------------------------------------------
     def _check_groups(self) -> None:
