@@ -45,19 +45,10 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _shared import add_cifar_resnet20_options
+
 LIMIT = 1.5
 MARK = "RESULT "
-
-
-def find_shared_data() -> Path:
-    """$GRAFT_SHARED_DATA, else ``shared/data`` beside an ancestor of the checkout, else /work/shared/data."""
-    if os.environ.get("GRAFT_SHARED_DATA"):
-        return Path(os.environ["GRAFT_SHARED_DATA"])
-    for base in (*ROOT.parents, Path("/work")):
-        if (base / "shared" / "data" / "README.md").is_file():
-            return base / "shared" / "data"
-    return Path("/work/shared/data")
 
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -199,11 +190,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    shared = find_shared_data()
-    parser.add_argument("--data", default=str(shared / "images" / "cifar10_jpg_test"),
-                        help="folder of class folders of images (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--weights", default=str(shared / "models" / "resnet20_cifar10.th"),
-                        help="ResNet-20 weights (default: %(default)s)")  # fmt: skip
+    add_cifar_resnet20_options(parser)
     parser.add_argument("--n-small", type=int, default=1000)
     parser.add_argument("--n-large", type=int, default=10000)
     parser.add_argument("--workers", type=int, default=None,
