@@ -216,3 +216,41 @@ def test_read_dataset_reports_or_skips_a_corrupt_wav(digit_folder):
     ds = read_dataset(digit_folder, DataConfig(label_regex=r"^(\d+)_", skip_bad=True))
     assert len(ds) == 9 and str(bad.resolve()) not in ds.examples
     assert len(ds.report.skipped) == 1 and "1_spk_9.wav" in ds.report.skipped[0]
+
+
+def test_every_soundfile_format_is_audio(tmp_path):
+    from graft.data.formats import audio_suffixes
+
+    suffixes = set(audio_suffixes())
+    assert {
+        ".wav",
+        ".flac",
+        ".ogg",
+        ".opus",
+        ".mp3",
+        ".aiff",
+        ".aif",
+        ".au",
+        ".caf",
+        ".w64",
+        ".m4a",
+    } <= suffixes
+    assert not suffixes & {".raw", ".mat", ".mpc", ".iff"}
+    folder = tmp_path / "tones"
+    folder.mkdir()
+    for digit, suffix in enumerate((".aiff", ".au", ".caf")):
+        for i in range(2):
+            write_wav(folder / f"{digit}_{i}{suffix}", sine(300 + 100 * digit, 0.1))
+    ds = read_dataset(folder, DataConfig(label_regex=r"^(\d+)_"))
+    assert ds.modality == "audio" and len(ds) == 6
+
+
+def test_m4a_is_audio_that_soundfile_names_when_it_cannot_decode(tmp_path):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"{i % 2}_{i}.m4a").write_bytes(b"\0\0\0\x20ftypM4A " + os.urandom(200))
+    with pytest.raises(
+        DataError, match=r"4 of 4 audio files cannot be decoded[\s\S]*0_0\.m4a: cannot decode audio"
+    ):
+        read_dataset(folder, DataConfig(label_regex=r"^(\d+)_"))

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from graft.config import DataConfig
-from graft.data import DataWarning, make_split, read_text_dataset, read_text_inputs
+from graft.data import DataWarning, make_split, read_dataset, read_text_dataset, read_text_inputs
 from graft.errors import ContractError, DataError
 from tests.conftest import shared
 
@@ -115,16 +116,68 @@ def test_integer_labels_from_csv_and_json_mean_the_same_class(tmp_path):
     assert csv_ds.label_space == json_ds.label_space == (0, 1)
 
 
+def test_csv_cell_of_a_megabyte_reads_like_jsonl(tmp_path):
+    big = "word " * 200_000
+    rows = [(big, "a"), ("short", "b"), ("other", "a"), ("more", "b")]
+    jsonl = "".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows)
+    csv_text = "text,label\n" + "".join(f"{t},{y}\n" for t, y in rows)
+    from_csv = read_text_dataset(write(tmp_path, "big.csv", csv_text))
+    from_jsonl = read_text_dataset(write(tmp_path, "big.jsonl", jsonl))
+    assert len(from_csv.examples[0]) == 1_000_000
+    assert from_csv.fingerprint() == from_jsonl.fingerprint()
+
+
 # -- encodings ---------------------------------------------------------------------------------
 
 
-def test_cp1252_fallback_warns_naming_the_lines(tmp_path):
+def test_cp1252_fallback_is_reported_once(tmp_path):
     raw = "text,label\ncaf\u00e9 ok,a\nplain,b\n".encode() + "na\u00efve,a\nok,b\n".encode("cp1252")
     path = write(tmp_path, "enc.csv", raw)
-    with pytest.warns(DataWarning, match=r"lines 4\)"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a training read only reports it: `graft fit` prints the report
         ds = read_text_dataset(path)
     assert ds.examples[2] == "na\u00efve"
-    assert "cp1252" in ds.report.warnings[0]
+    assert len(ds.report.warnings) == 1 and "cp1252" in ds.report.warnings[0]
+    assert "lines 4)" in ds.report.warnings[0]
+    # prediction inputs have no report to show: one DataWarning instead
+    txt = write(tmp_path, "in.txt", "caf\u00e9 au lait\n".encode("cp1252") + b"plain\n")
+    with pytest.warns(DataWarning, match=r"lines 1\)") as record:
+        assert read_text_inputs(txt) == ["caf\u00e9 au lait", "plain"]
+    assert len(record) == 1
+    with pytest.warns(DataWarning, match=r"lines 4\)") as record:
+        assert read_text_inputs(path) == ["caf\u00e9 ok", "plain", "na\u00efve", "ok"]
+    assert len(record) == 1
+
+
+WIDE = "text,label\r\ncaf\u00e9 ok,a\r\nplain,b\r\nmore,a\r\nlast,b\r\n"
+BOMS = {
+    "utf-16-le": b"\xff\xfe",
+    "utf-16-be": b"\xfe\xff",
+    "utf-32-le": b"\xff\xfe\0\0",
+    "utf-32-be": b"\0\0\xfe\xff",
+}
+
+
+@pytest.mark.parametrize("encoding", list(BOMS))
+def test_utf16_and_utf32_with_a_bom_are_decoded(tmp_path, encoding):
+    path = write(tmp_path, "wide.csv", BOMS[encoding] + WIDE.encode(encoding))
+    ds = read_text_dataset(path)
+    assert ds.examples == ["caf\u00e9 ok", "plain", "more", "last"] and ds.label_space == ("a", "b")
+
+
+@pytest.mark.parametrize("encoding", list(BOMS))
+def test_utf16_and_utf32_without_a_bom_name_the_encoding(tmp_path, encoding):
+    path = write(tmp_path, "wide.csv", WIDE.encode(encoding))
+    with pytest.raises(DataError, match=rf"wide\.csv: .*NUL bytes.*{encoding}.*--encoding {encoding}"):
+        read_text_dataset(path)
+    ds = read_text_dataset(path, DataConfig(encoding=encoding))
+    assert ds.examples[0] == "caf\u00e9 ok"
+
+
+def test_stray_nul_bytes_are_refused(tmp_path):
+    path = write(tmp_path, "nul.csv", b"text,label\nok,a\nbro\0ken,b\nfine,a\nyes,b\n")
+    with pytest.raises(DataError, match=r"nul\.csv: line 3 holds NUL bytes.*--encoding"):
+        read_text_dataset(path)
 
 
 def test_undecodable_bytes_name_the_line(tmp_path):
@@ -206,6 +259,56 @@ def test_unknown_label_in_evaluation_data(tmp_path):
     path = write(tmp_path, "e.csv", "text,label\nx,a\ny,zzz\n")
     with pytest.raises(DataError, match=r"line 3: label 'zzz' is not one the model was trained on"):
         read_text_dataset(path, label_space=("a", "b"), task="multiclass", require_min_per_class=False)
+
+
+def test_bad_rows_point_to_skip_bad_which_leaves_them_out(tmp_path):
+    path = write(tmp_path, "rows.csv", "text,label\ngood,a\n,a\nfine,\nok,b\nyes,a\nno,b\n")
+    with pytest.raises(DataError) as info:
+        read_text_dataset(path)
+    message = str(info.value)
+    assert "line 3: empty text" in message and "line 4: missing label" in message
+    assert "--skip-bad" in message.splitlines()[-1]
+    ds = read_dataset(path, DataConfig(skip_bad=True))
+    assert len(ds) == 4 and ds.examples == ["good", "ok", "yes", "no"] and ds.rows == [2, 5, 6, 7]
+    assert ds.report.skipped == ["line 3: empty text", "line 4: missing label"]
+    assert "skipped 2 bad rows (--skip-bad): see skipped" in ds.report.warnings
+    assert "2 skipped" in ds.report.summary()
+
+
+def test_skip_bad_still_checks_the_rows_it_keeps(tmp_path):
+    path = write(tmp_path, "rows.csv", "text,label\nx,a\ny,a\nz,b\n,b\n")
+    with pytest.raises(DataError, match=r"class 'b' has only 1 example \(line 4\)"):
+        read_text_dataset(path, DataConfig(skip_bad=True))
+    every_row_bad = write(tmp_path, "empty.csv", "text,label\n,a\n,b\n")
+    with pytest.raises(DataError, match="line 2: empty text"):
+        read_text_dataset(every_row_bad, DataConfig(skip_bad=True))
+
+
+def test_skip_bad_leaves_out_unparsable_lines(tmp_path):
+    csv_path = write(tmp_path, "f.csv", "text,label\nx,a\ny,b,extra\nz,a\nq\nw,b\nv,b\n")
+    ds = read_text_dataset(csv_path, DataConfig(skip_bad=True))
+    assert ds.examples == ["x", "z", "w", "v"]
+    assert ds.report.skipped == ["line 3: expected 2 fields, found 3", "line 5: expected 2 fields, found 1"]
+    lines = ['{"text": "x", "label": "a"}', "{bad", '{"text": "y", "label": "b"}', "[1]"]
+    lines += ['{"text": "z", "label": "a"}', '{"text": "w", "label": "b"}']
+    jsonl = write(tmp_path, "b.jsonl", "\n".join(lines) + "\n")
+    ds = read_text_dataset(jsonl, DataConfig(skip_bad=True))
+    assert ds.examples == ["x", "y", "z", "w"] and ds.rows == [1, 3, 5, 6]
+    assert [s.split(":")[0] for s in ds.report.skipped] == ["line 2", "line 4"]
+    assert any("skipped 2" in w and "--skip-bad" in w for w in ds.report.warnings)
+
+
+def test_skip_bad_leaves_out_labels_unknown_to_the_model(tmp_path):
+    path = write(tmp_path, "e.csv", "text,label\nx,a\ny,zzz\nz,b\n")
+    ds = read_dataset(
+        path,
+        DataConfig(skip_bad=True),
+        label_space=("a", "b"),
+        task="multiclass",
+        require_min_per_class=False,
+    )
+    assert ds.examples == ["x", "z"] and ds.label_space == ("a", "b") and list(ds.targets) == [0, 1]
+    assert ds.report.skipped == ["line 3: label 'zzz' is not one the model was trained on ('a', 'b')"]
 
 
 # -- inputs for prediction (the contract) -------------------------------------------------------

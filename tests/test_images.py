@@ -78,7 +78,7 @@ def test_skip_bad_leaves_them_out_and_lists_them(tmp_path, image_folder):
     assert len(ds) == 36
     assert len(ds.report.skipped) == 3
     assert any("noise.jpg" in s for s in ds.report.skipped)
-    assert "3 unreadable files skipped" in ds.report.summary()
+    assert "3 skipped with --skip-bad" in ds.report.summary()
 
 
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
@@ -126,8 +126,71 @@ def test_table_of_paths_relative_to_the_file(tmp_path, image_folder):
     assert ds.modality == "image" and len(ds) == 36 and ds.text_col == "file"
     rows.append("images/red/missing.png,red")
     (tmp_path / "index.csv").write_text("\n".join(rows) + "\n")
-    with pytest.raises(DataError, match=r"line 38: file not found"):
+    with pytest.raises(DataError, match=r"line 38: file not found[\s\S]*--skip-bad"):
         read_dataset(tmp_path / "index.csv")
+    ds = read_dataset(tmp_path / "index.csv", DataConfig(skip_bad=True))
+    assert len(ds) == 36 and ds.rows[-1] == 37
+    assert len(ds.report.skipped) == 1 and ds.report.skipped[0].startswith("line 38: file not found")
+
+
+def _netpbm_faces(root, suffix=".pgm", n_per_class=6, size=16):
+    """Class folders of small Netpbm pictures (the ORL faces ship as .pgm)."""
+    rng = np.random.default_rng(0)
+    mode = {".pgm": "L", ".ppm": "RGB", ".pbm": "1"}[suffix]
+    for k, name in enumerate(("s1", "s2", "s3")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            pixels = rng.integers(0, 90, (size, size)) + 80 * k
+            Image.fromarray(pixels.astype("uint8"), mode="L").convert(mode).save(root / name / f"{i}{suffix}")
+    return root
+
+
+def test_netpbm_folders_and_tables_of_netpbm_paths(tmp_path):
+    from graft.data import detect_modality
+
+    ds = read_dataset(_netpbm_faces(tmp_path / "faces"))
+    assert ds.modality == "image" and len(ds) == 18 and ds.label_space == ("s1", "s2", "s3")
+    _netpbm_faces(tmp_path / "colour", ".ppm")
+    rows = ["file,person"] + [f"colour/{p.parent.name}/{p.name},{p.parent.name}"
+                              for p in sorted((tmp_path / "colour").rglob("*.ppm"))]  # fmt: skip
+    (tmp_path / "index.csv").write_text("\n".join(rows) + "\n")
+    assert detect_modality(str(tmp_path / "index.csv")) == "image"
+    ds = read_dataset(tmp_path / "index.csv")
+    assert ds.modality == "image" and len(ds) == 18 and ds.text_col == "file"
+    assert load_image(ds.examples[0]).mode == "RGB"
+    assert read_dataset(_netpbm_faces(tmp_path / "bits", ".pbm")).modality == "image"
+
+
+def test_fit_on_pgm_class_folders(tmp_path):
+    import graft
+    from graft.config import RunConfig
+
+    cfg = RunConfig().replace("train", epochs=1, workers=0)
+    faces = _netpbm_faces(tmp_path / "faces", n_per_class=10)
+    model = graft.fit(faces, backbone="arch:small_cnn", strategy="linear_probe", config=cfg, progress=False)
+    assert model.modality == "image" and model.label_space == ("s1", "s2", "s3")
+    assert len(model.predict(faces / "s2")) == 10
+
+
+def test_image_formats_are_what_pillow_opens():
+    from graft.data.formats import audio_suffixes, image_suffixes
+    from graft.data.text import TABLE_SUFFIXES
+
+    images = set(image_suffixes())
+    assert {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"} <= images
+    assert {".pgm", ".ppm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".mpo"} <= images
+    # stubs that need a handler, Ghostscript, video, and a suffix that usually means something else
+    assert not images & {".h5", ".grib", ".bufr", ".wmf", ".emf", ".eps", ".ps", ".mpg", ".fit", ".pdf"}
+    assert not images & set(audio_suffixes()) and not images & set(TABLE_SUFFIXES)
+
+
+def test_importing_the_cli_loads_neither_pillow_nor_soundfile():
+    import subprocess
+    import sys
+
+    code = "import sys, graft.cli, graft.data; print(sorted({'PIL', 'soundfile'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_mixed_media_folder_is_refused(tmp_path, image_folder):

@@ -62,7 +62,10 @@ class DataConfig:
     )
     skip_bad: bool = field(
         default=False,
-        metadata=_help("skip unreadable image/audio files (listed in the report) instead of failing"),
+        metadata=_help(
+            "leave out unreadable image/audio files and bad rows (empty text, missing or unknown label, "
+            "unparsable lines) instead of failing; each is listed in the report"
+        ),
     )
     task: TaskKind = field(
         default="auto", metadata=_help("multiclass, multilabel or regression; auto infers it from the labels")
@@ -75,7 +78,10 @@ class DataConfig:
     )
     encoding: str | None = field(
         default=None,
-        metadata=_help("text encoding of the file; default UTF-8 with a cp1252 fallback (with a warning)"),
+        metadata=_help(
+            "text encoding of the file; default UTF-8 (UTF-16/32 when the file starts with a byte-order "
+            "mark), with a cp1252 fallback for lines that are not UTF-8 (with a warning)"
+        ),
     )
     val: str | None = field(
         default=None, metadata=_help("separate validation file (otherwise split from the training data)")

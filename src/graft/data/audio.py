@@ -1,7 +1,8 @@
 """Decoding audio files with soundfile: mono float32 at the contract's sample rate.
 
-WAV, FLAC and OGG (whatever libsndfile reads) are decoded, channels averaged to mono, and resampled
-with a polyphase filter (``scipy.signal.resample_poly``) to the rate the backbone was trained at.
+WAV, FLAC, OGG, MP3, AIFF, ... (whatever libsndfile reads; see :mod:`graft.data.formats`) are
+decoded, channels averaged to mono, and resampled with a polyphase filter
+(``scipy.signal.resample_poly``) to the rate the backbone was trained at.
 Padding and cropping to a fixed duration belong to the backbone's preprocessing.
 """
 

@@ -1,8 +1,8 @@
 """The :class:`Dataset` type: validated examples, encoded targets and the label space.
 
 Building a dataset collects every problem (empty text, missing or unusable label, a class too small
-to both train and evaluate on) and raises once, naming the rows. Duplicates are not errors: they are
-counted and reported.
+to both train and evaluate on) and raises once, naming the rows; with ``skip_bad`` the bad rows are
+left out instead and listed in the report. Duplicates are not errors: they are counted and reported.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 import math
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,8 @@ from graft.errors import DataError, format_problems
 TASKS = ("multiclass", "multilabel", "regression")
 # Integer labels with more distinct values than this are taken as a regression target under task=auto.
 MAX_AUTO_CLASSES = 50
+# The last line of an error about rows that skip_bad would leave out.
+SKIP_BAD_HINT = "fix them, or pass --skip-bad to leave them out; they are listed in the report"
 
 
 @dataclass
@@ -33,13 +36,13 @@ class DataReport:
     conflicting_duplicates: int = 0
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    # files left out with skip_bad, each "path: reason"
+    # files and rows left out with skip_bad, each "path: reason" or "line 7: reason"
     skipped: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         parts = [f"{self.n_rows} rows"]
         if self.skipped:
-            parts.append(f"{len(self.skipped)} unreadable files skipped")
+            parts.append(f"{len(self.skipped)} skipped with --skip-bad")
         if self.duplicates:
             dup = f"{self.duplicates} duplicate texts"
             if self.conflicting_duplicates:
@@ -153,6 +156,12 @@ def row_name(row: int, source_is_file: bool) -> str:
     return f"line {row}" if source_is_file else f"row {row}"
 
 
+def leave_out(problems: list[str], what: str, report: DataReport) -> None:
+    """Record what ``skip_bad`` left out: each problem in ``report.skipped``, one warning in all."""
+    report.skipped.extend(problems)
+    report.warnings.append(f"skipped {len(problems)} {what} (--skip-bad): see skipped")
+
+
 def _is_missing(value: Any) -> bool:
     if value is None:
         return True
@@ -234,6 +243,7 @@ def build_dataset(
     label_col: str | None = None,
     report: DataReport | None = None,
     require_min_per_class: bool = True,
+    skip_bad: bool = False,
 ) -> Dataset:
     """Validate examples and labels and encode the targets.
 
@@ -247,6 +257,9 @@ def build_dataset(
         rows: source row of each example, for messages (defaults to 0-based positions).
         require_min_per_class: training data needs two examples per class (one to train, one to
             evaluate); evaluation data does not.
+        skip_bad: leave out rows with a problem of their own (empty text, missing or unusable
+            label), each listed in ``report.skipped``; the checks of the whole (classes, counts)
+            then run on the rows kept.
 
     Raises:
         DataError: listing every bad row at once.
@@ -256,109 +269,38 @@ def build_dataset(
             f"{source}: {len(examples)} examples but {len(raw_labels)} labels; give one label per example"
         )
     rows = list(rows) if rows is not None else list(range(len(examples)))
-    where = lambda i: row_name(rows[i], source_is_file)  # noqa: E731
     report = report or DataReport()
-    report.n_rows = len(examples)
     if not examples:
         raise DataError(f"{source}: no examples found; check the file and the column names")
-
     if task == "auto":
         task, why = infer_task(raw_labels, label_sep)
         report.notes.append(f"task: {task} ({why})")
     elif task not in TASKS:
         raise DataError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
 
-    problems: list[str] = []
-    for i, example in enumerate(examples):
-        what = "text" if modality == "text" else "path"
-        if not isinstance(example, str):
-            problems.append(f"{where(i)}: {what} is {type(example).__name__} {example!r}, expected a string")
-        elif not example.strip():
-            problems.append(f"{where(i)}: empty {what}")
+    parsed, label_problems = _parse_labels(raw_labels, task, label_sep)
+    found = _example_problems(examples, modality) + label_problems
+    if label_space is not None and task != "regression":
+        found += _unknown_labels(parsed, tuple(label_space))
+    found.sort(key=lambda problem: problem[0])  # by row; a row's own problems keep their order
+    # A source whose every row is bad was misread (wrong column?): that is an error even so.
+    if skip_bad and found and len({i for i, _ in found}) < len(examples):
+        examples, parsed, rows = _leave_out_rows(found, (examples, parsed, rows), source_is_file, report)
+        found = []
+    report.n_rows = len(examples)
 
-    parsed: list[Any] = []
-    for i, value in enumerate(raw_labels):
-        if _is_missing(value) or (isinstance(value, list | tuple) and task != "multilabel" and not value):
-            problems.append(f"{where(i)}: missing label")
-            parsed.append(None)
-            continue
-        if task == "regression":
-            number = _as_number(value)
-            if number is None or not math.isfinite(number):
-                problems.append(f"{where(i)}: label {value!r} is not a finite number (task is regression)")
-            parsed.append(number)
-        elif task == "multilabel":
-            if isinstance(value, list | tuple):
-                items = [normalize_label(v) for v in value if not _is_missing(v)]
-            elif isinstance(value, str) and label_sep is not None:
-                items = [normalize_label(v) for v in value.split(label_sep) if v.strip()]
-            else:
-                items = [normalize_label(value)]
-            parsed.append(sorted(set(items), key=_sort_key))
-        else:
-            if isinstance(value, list | tuple):
-                problems.append(
-                    f"{where(i)}: label is a list {value!r}; for several labels per row use --task multilabel"
-                )
-                parsed.append(None)
-            else:
-                parsed.append(normalize_label(value))
-
-    labels_ok = [p for p in parsed if p is not None]
-    if task == "multiclass":
-        observed = sorted(set(labels_ok), key=_sort_key)
-    elif task == "multilabel":
-        observed = sorted({item for p in labels_ok for item in p}, key=_sort_key)
-    else:
-        observed = []
-
-    if task != "regression":
-        if label_space is None:
-            space = tuple(observed)
-            if not problems and len(space) < 2:
-                only = f" ({space[0]!r})" if space else ""
-                problems.append(
-                    f"only one class{only} in the labels: a classifier needs at least two; check the "
-                    "label column"
-                )
-        else:
-            space = tuple(label_space)
-            known = set(space)
-            for i, p in enumerate(parsed):
-                items = p if isinstance(p, list) else [p]
-                for item in items:
-                    if item is not None and item not in known:
-                        problems.append(
-                            f"{where(i)}: label {item!r} is not one the model was trained on "
-                            f"({', '.join(map(repr, space))})"
-                        )
-    else:
-        space = ()
-
+    where = lambda i: row_name(rows[i], source_is_file)  # noqa: E731
+    row_problems = [f"{where(i)}: {reason}" for i, reason in found]
+    space, class_problems = _label_space(parsed, task, label_space, bool(row_problems))
     if task == "multiclass" and label_space is None and require_min_per_class:
-        counts = Counter(labels_ok)
-        for label, count in sorted(counts.items(), key=lambda kv: _sort_key(kv[0])):
-            if count < 2:
-                i = parsed.index(label)
-                problems.append(
-                    f"class {label!r} has only {count} example ({where(i)}): each class needs at least 2 "
-                    "(one to train on, one to evaluate on); add examples or remove the class"
-                )
-
+        class_problems += _small_classes(parsed, where)
+    problems = row_problems + class_problems
     if problems:
         noun = "problem" if len(problems) == 1 else "problems"
-        raise DataError(format_problems(f"{source}: {len(problems)} {noun} in the data", problems))
+        hint = f"\n{SKIP_BAD_HINT}" if row_problems and not skip_bad else ""
+        raise DataError(format_problems(f"{source}: {len(problems)} {noun} in the data", problems) + hint)
 
-    index = {label: k for k, label in enumerate(space)}
-    if task == "multiclass":
-        targets = np.array([index[p] for p in parsed], dtype=np.int64)
-    elif task == "multilabel":
-        targets = np.zeros((len(parsed), len(space)), dtype=np.float32)
-        for i, p in enumerate(parsed):
-            targets[i, [index[item] for item in p]] = 1.0
-    else:
-        targets = np.array(parsed, dtype=np.float32)
-
+    targets = _encode_targets(parsed, task, space)
     _count_duplicates(examples, targets, report)
     return Dataset(
         modality=modality,
@@ -372,6 +314,127 @@ def build_dataset(
         label_col=label_col,
         report=report,
     )
+
+
+def _leave_out_rows(
+    found: list[tuple[int, str]], columns: tuple[list[Any], ...], source_is_file: bool, report: DataReport
+) -> tuple[list[Any], ...]:
+    """``columns`` (examples, parsed labels, rows) without the rows in ``found``, each recorded."""
+    reasons: dict[int, list[str]] = {}
+    for i, reason in found:
+        reasons.setdefault(i, []).append(reason)
+    rows = columns[-1]
+    skipped = [f"{row_name(rows[i], source_is_file)}: {'; '.join(r)}" for i, r in reasons.items()]
+    leave_out(skipped, "bad rows", report)
+    return tuple([column[i] for i in range(len(column)) if i not in reasons] for column in columns)
+
+
+def _example_problems(examples: list[Any], modality: str) -> list[tuple[int, str]]:
+    """``(index, reason)`` for each example that is not a non-empty string."""
+    what = "text" if modality == "text" else "path"
+    problems = []
+    for i, example in enumerate(examples):
+        if not isinstance(example, str):
+            problems.append((i, f"{what} is {type(example).__name__} {example!r}, expected a string"))
+        elif not example.strip():
+            problems.append((i, f"empty {what}"))
+    return problems
+
+
+def _parse_labels(
+    raw_labels: list[Any], task: str, label_sep: str | None
+) -> tuple[list[Any], list[tuple[int, str]]]:
+    """Each label parsed for ``task`` (``None`` where unusable), and ``(index, reason)`` problems."""
+    parsed: list[Any] = []
+    problems: list[tuple[int, str]] = []
+    for i, value in enumerate(raw_labels):
+        if _is_missing(value) or (isinstance(value, list | tuple) and task != "multilabel" and not value):
+            problems.append((i, "missing label"))
+            parsed.append(None)
+        elif task == "regression":
+            number = _as_number(value)
+            if number is None or not math.isfinite(number):
+                problems.append((i, f"label {value!r} is not a finite number (task is regression)"))
+            parsed.append(number)
+        elif task == "multilabel":
+            if isinstance(value, list | tuple):
+                items = [normalize_label(v) for v in value if not _is_missing(v)]
+            elif isinstance(value, str) and label_sep is not None:
+                items = [normalize_label(v) for v in value.split(label_sep) if v.strip()]
+            else:
+                items = [normalize_label(value)]
+            parsed.append(sorted(set(items), key=_sort_key))
+        elif isinstance(value, list | tuple):
+            problems.append(
+                (i, f"label is a list {value!r}; for several labels per row use --task multilabel")
+            )
+            parsed.append(None)
+        else:
+            parsed.append(normalize_label(value))
+    return parsed, problems
+
+
+def _unknown_labels(parsed: list[Any], space: tuple[Any, ...]) -> list[tuple[int, str]]:
+    known = set(space)
+    problems = []
+    for i, p in enumerate(parsed):
+        for item in p if isinstance(p, list) else [p]:
+            if item is not None and item not in known:
+                problems.append(
+                    (i, f"label {item!r} is not one the model was trained on ({', '.join(map(repr, space))})")
+                )
+    return problems
+
+
+def _label_space(
+    parsed: list[Any],
+    task: str,
+    label_space: tuple[Any, ...] | None,
+    rows_bad: bool,
+) -> tuple[tuple[Any, ...], list[str]]:
+    """The label space (given, or the labels seen), and a problem if it has a single class.
+
+    A single class is not reported while rows are bad: fixing them may well add the second.
+    """
+    if task == "regression":
+        return (), []
+    if label_space is not None:
+        return tuple(label_space), []
+    labels = [p for p in parsed if p is not None]
+    if task == "multiclass":
+        space = tuple(sorted(set(labels), key=_sort_key))
+    else:
+        space = tuple(sorted({item for p in labels for item in p}, key=_sort_key))
+    if rows_bad or len(space) >= 2:
+        return space, []
+    only = f" ({space[0]!r})" if space else ""
+    return space, [
+        f"only one class{only} in the labels: a classifier needs at least two; check the label column"
+    ]
+
+
+def _small_classes(parsed: list[Any], where: Callable[[int], str]) -> list[str]:
+    counts = Counter(p for p in parsed if p is not None)
+    problems = []
+    for label, count in sorted(counts.items(), key=lambda kv: _sort_key(kv[0])):
+        if count < 2:
+            problems.append(
+                f"class {label!r} has only {count} example ({where(parsed.index(label))}): each class needs "
+                "at least 2 (one to train on, one to evaluate on); add examples or remove the class"
+            )
+    return problems
+
+
+def _encode_targets(parsed: list[Any], task: str, space: tuple[Any, ...]) -> np.ndarray:
+    index = {label: k for k, label in enumerate(space)}
+    if task == "multiclass":
+        return np.array([index[p] for p in parsed], dtype=np.int64)
+    if task == "multilabel":
+        targets = np.zeros((len(parsed), len(space)), dtype=np.float32)
+        for i, p in enumerate(parsed):
+            targets[i, [index[item] for item in p]] = 1.0
+        return targets
+    return np.array(parsed, dtype=np.float32)
 
 
 def _count_duplicates(examples: list[Any], targets: np.ndarray, report: DataReport) -> None:

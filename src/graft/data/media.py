@@ -10,7 +10,9 @@ Layouts understood::
 Examples become absolute path strings; files are decoded lazily, batch by batch, by the backbone's
 preprocessing (in worker processes), never all at once. Before any work every file is decoded once
 (:func:`graft.data.images.check_image` / :func:`graft.data.audio.check_audio`) and every broken one
-is reported in one :class:`DataError`, or skipped and listed with ``skip_bad``.
+is reported in one :class:`DataError`, or skipped and listed with ``skip_bad`` (as are rows of a
+table with an empty or missing path). Which names are images and which audio is decided by
+:mod:`graft.data.formats`: every format Pillow or soundfile reads.
 """
 
 from __future__ import annotations
@@ -22,15 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from graft.config import DataConfig
-from graft.data.dataset import DataReport, Dataset, build_dataset
-from graft.data.text import (
-    MEDIA_SUFFIXES,
-    Table,
-    _resolve_column,
-    detect_label_column,
-    read_table,
-    table_from_object,
-)
+from graft.data.dataset import SKIP_BAD_HINT, DataReport, Dataset, build_dataset, leave_out
+from graft.data.encodings import decode_bytes, decode_head, emit_warnings
+from graft.data.formats import describe_formats, media_modality, media_name_pattern
+from graft.data.text import Table, _resolve_column, detect_label_column, read_table, table_from_object
 from graft.errors import ContractError, DataError, format_problems
 
 PATH_NAMES = (
@@ -60,14 +57,6 @@ SPLIT_NAMES = {
 }
 
 
-def media_modality(name: str) -> str | None:
-    lower = name.lower()
-    for modality, suffixes in MEDIA_SUFFIXES.items():
-        if lower.endswith(suffixes):
-            return modality
-    return None
-
-
 def _media_files(folder: Path) -> tuple[dict[str, list[Path]], list[Path]]:
     """Media files under ``folder`` by modality (sorted), and the other files (ignored)."""
     found: dict[str, list[Path]] = {"image": [], "audio": []}
@@ -86,10 +75,7 @@ def _media_files(folder: Path) -> tuple[dict[str, list[Path]], list[Path]]:
 def _one_modality(found: dict[str, list[Path]], where: str) -> str:
     present = [m for m, files in found.items() if files]
     if not present:
-        raise DataError(
-            f"{where}: no image ({', '.join(MEDIA_SUFFIXES['image'])}) or audio "
-            f"({', '.join(MEDIA_SUFFIXES['audio'])}) files found"
-        )
+        raise DataError(f"{where}: no {describe_formats('image')} or {describe_formats('audio')} found")
     if len(present) > 1:
         counts = ", ".join(f"{len(found[m])} {m}" for m in present)
         raise DataError(f"{where}: mixes input types ({counts} files); keep one type per dataset")
@@ -122,8 +108,8 @@ def detect_modality(data: Any, cfg: DataConfig | None = None) -> str:
         if not path.exists():
             return "text"  # read_table names the missing file
         with path.open("rb") as f:
-            head = f.read(65536).decode("utf-8", "replace").lower()
-        if not any(suffix in head for suffixes in MEDIA_SUFFIXES.values() for suffix in suffixes):
+            head = decode_head(f.read(65536), cfg.encoding)
+        if not media_name_pattern().search(head):
             return "text"  # no file names of media in the first 64 KB: not worth reading it all twice
         table = read_table(path, cfg)
     else:
@@ -204,8 +190,7 @@ def _drop_bad(
                 problems,
             )
         )
-    report.skipped.extend(problems)
-    report.warnings.append(f"skipped {len(bad)} unreadable {modality} files (--skip-bad): see skipped")
+    leave_out(problems, f"unreadable {modality} files", report)
     keep = [i for i in range(len(paths)) if i not in bad]
     return [paths[i] for i in keep], [labels[i] for i in keep], keep
 
@@ -256,6 +241,7 @@ def read_media_folder(path: str | os.PathLike, cfg: DataConfig | None = None, **
         rows=rows,
         report=report,
         label_sep=cfg.label_sep,
+        skip_bad=cfg.skip_bad,
         **build,
     )
 
@@ -264,15 +250,37 @@ def read_media_table(
     table: Table, cfg: DataConfig, path_j: int, prefer_label: str | None = None, **build: Any
 ) -> Dataset:
     """A table whose ``path_j`` column holds file paths (relative to the table's folder)."""
-    base = Path(table.source).parent if table.is_file else Path.cwd()
     label_col = cfg.label_col or (prefer_label if prefer_label in table.columns else None)
     label_j = _resolve_column(table, label_col, "label") if label_col else detect_label_column(table, path_j)
     modality = _column_modality(table, path_j)
-    paths, problems = [], []
+    report = table.report
+    paths, kept = _table_paths(table, path_j, modality, cfg.skip_bad)
+    report.notes.insert(0, f"columns: path={table.columns[path_j]!r}, label={table.columns[label_j]!r}")
+    labels = [table.records[i][label_j] for i in kept]
+    paths, labels, keep = _drop_bad(paths, labels, modality, cfg, table.source, report)
+    return build_dataset(
+        paths,
+        labels,
+        modality=modality,
+        source=table.source,
+        rows=[table.rows[kept[k]] for k in keep],
+        source_is_file=table.is_file,
+        text_col=table.columns[path_j],
+        label_col=table.columns[label_j],
+        report=report,
+        label_sep=cfg.label_sep,
+        skip_bad=cfg.skip_bad,
+        **build,
+    )
+
+
+def _table_paths(table: Table, path_j: int, modality: str, skip_bad: bool) -> tuple[list[str], list[int]]:
+    """The absolute path of each row, and the rows kept (``skip_bad`` leaves out empty and missing ones)."""
+    base = Path(table.source).parent if table.is_file else Path.cwd()
+    paths, kept, problems = [], [], []
     for i, value in enumerate(table.column(path_j)):
         if not isinstance(value, str) or not value.strip():
             problems.append(f"{table.where(i)}: empty path")
-            paths.append("")
             continue
         file = Path(value.strip())
         file = file if file.is_absolute() else base / file
@@ -280,33 +288,24 @@ def read_media_table(
             problems.append(f"{table.where(i)}: file not found: {file}")
         elif media_modality(file.name) != modality:
             problems.append(f"{table.where(i)}: {file.name} is not a {modality} file like the others")
-        paths.append(str(file.resolve()))
+        else:
+            paths.append(str(file.resolve()))
+            kept.append(i)
+    if problems and (not skip_bad or not kept):
+        hint = "" if skip_bad else f"\n{SKIP_BAD_HINT}"
+        raise DataError(format_problems(f"{table.source}: {len(problems)} bad paths", problems) + hint)
     if problems:
-        raise DataError(format_problems(f"{table.source}: {len(problems)} bad paths", problems))
-    report = table.report
-    report.notes.insert(0, f"columns: path={table.columns[path_j]!r}, label={table.columns[label_j]!r}")
-    labels = table.column(label_j)
-    paths, labels, keep = _drop_bad(paths, labels, modality, cfg, table.source, report)
-    return build_dataset(
-        paths,
-        labels,
-        modality=modality,
-        source=table.source,
-        rows=[table.rows[i] for i in keep],
-        source_is_file=table.is_file,
-        text_col=table.columns[path_j],
-        label_col=table.columns[label_j],
-        report=report,
-        label_sep=cfg.label_sep,
-        **build,
-    )
+        leave_out(problems, "rows with bad paths", table.report)
+    return paths, kept
 
 
-def read_media_inputs(data: Any, modality: str, path_col: str | None = None) -> list[str]:
+def read_media_inputs(
+    data: Any, modality: str, path_col: str | None = None, encoding: str | None = None
+) -> list[str]:
     """Unlabeled image/audio files for prediction, checked against the model's modality.
 
     ``data`` is a folder (every file of the modality in it), one file, a list of paths, a CSV/JSONL
-    with a path column, or a ``.txt`` file with one path per line.
+    with a path column, or a ``.txt`` file with one path per line (read with ``encoding``).
 
     Raises:
         ContractError: inputs of another type (text, or files of the other media type).
@@ -330,10 +329,13 @@ def read_media_inputs(data: Any, modality: str, path_col: str | None = None) -> 
         elif media_modality(path.name):
             values = [str(path)]
         elif path.suffix.lower() == ".txt" and path.is_file():
-            values = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            base = path.parent
+            report = DataReport()
+            text = decode_bytes(path.read_bytes(), str(path), encoding, report)
+            emit_warnings(report)
+            values, base = [line.strip() for line in text.splitlines() if line.strip()], path.parent
         else:
-            table = read_table(path, DataConfig(path_col=path_col))
+            table = read_table(path, DataConfig(path_col=path_col, encoding=encoding))
+            emit_warnings(table.report)
             values, base = _inputs_from_table(table, path_col, modality), path.parent
     elif isinstance(data, list | tuple) and all(isinstance(x, str | os.PathLike) for x in data):
         values = [str(x) for x in data]

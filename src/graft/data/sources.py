@@ -85,11 +85,16 @@ def read_dataset(
     )
 
 
-def read_inputs(data: Any, modality: str, column: str | None = None) -> list[str]:
-    """Unlabeled inputs for a model of ``modality``: texts, or checked media file paths."""
+def read_inputs(
+    data: Any, modality: str, column: str | None = None, encoding: str | None = None
+) -> list[str]:
+    """Unlabeled inputs for a model of ``modality``: texts, or checked media file paths.
+
+    ``encoding`` applies to a text file of inputs (texts, or a table of paths).
+    """
     if modality == "text":
-        return read_text_inputs(data, column)
-    return read_media_inputs(data, modality, column)
+        return read_text_inputs(data, column, encoding)
+    return read_media_inputs(data, modality, column, encoding)
 
 
 __all__ = ["detect_modality", "read_dataset", "read_inputs"]

@@ -12,17 +12,19 @@ Example:
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from graft.config import DataConfig
-from graft.data.dataset import DataReport, Dataset, build_dataset
+from graft.data.dataset import SKIP_BAD_HINT, DataReport, Dataset, build_dataset, leave_out
+from graft.data.encodings import decode_bytes, emit_warnings
+from graft.data.formats import media_modality
 from graft.errors import ContractError, DataError, format_problems
 
 TEXT_NAMES = (
@@ -35,15 +37,6 @@ LABEL_NAMES = (
 )  # fmt: skip
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 TABLE_SUFFIXES = (".csv", ".tsv", ".tab", ".txt", ".json", *JSONL_SUFFIXES)
-# Inputs that look like files of another modality, for the contract check at predict time.
-MEDIA_SUFFIXES = {
-    "image": (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"),
-    "audio": (".wav", ".flac", ".mp3", ".ogg", ".m4a"),
-}
-
-
-class DataWarning(UserWarning):
-    """Something in the data was handled but deserves a look (e.g. an encoding fallback)."""
 
 
 @dataclass
@@ -67,63 +60,6 @@ class Table:
 
     def where(self, i: int) -> str:
         return f"line {self.rows[i]}" if self.is_file else f"row {self.rows[i]}"
-
-
-# --------------------------------------------------------------------------------------------------
-# decoding
-
-
-def decode_bytes(raw: bytes, source: str, encoding: str | None, report: DataReport) -> str:
-    """Decode a file: UTF-8 (BOM stripped), falling back to cp1252 line by line with a warning.
-
-    An explicit ``encoding`` is used as is; a failure names the line and byte.
-    """
-    if encoding:
-        if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
-            encoding = "utf-8-sig"
-        try:
-            return raw.decode(encoding)
-        except LookupError:
-            raise DataError(f"unknown encoding {encoding!r}; try utf-8 or cp1252") from None
-        except UnicodeDecodeError as exc:
-            line = raw[: exc.start].count(b"\n") + 1
-            raise DataError(
-                f"{source}: line {line} is not valid {encoding} (byte 0x{raw[exc.start]:02x}); "
-                "pass the file's real encoding with --encoding"
-            ) from None
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    lines = raw.split(b"\n")
-    fallback, undecodable = [], []
-    out = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            out.append(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            try:
-                out.append(line.decode("cp1252"))
-                fallback.append(number)
-            except UnicodeDecodeError as exc:
-                undecodable.append(f"line {number}: byte 0x{line[exc.start]:02x} at column {exc.start + 1}")
-    if undecodable:
-        raise DataError(
-            format_problems(
-                f"{source}: not valid UTF-8 nor cp1252; pass the file's encoding with --encoding",
-                undecodable,
-            )
-        )
-    shown = ", ".join(map(str, fallback[:10])) + (" ..." if len(fallback) > 10 else "")
-    message = (
-        f"{source}: {len(fallback)} line(s) are not valid UTF-8 and were decoded as cp1252 (lines {shown}); "
-        "check those characters, or pass --encoding"
-    )
-    report.warnings.append(message)
-    warnings.warn(message, DataWarning, stacklevel=3)
-    return "\n".join(out)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -186,7 +122,49 @@ def _is_number(text: str) -> bool:
     return True
 
 
+@functools.cache
+def _allow_fields_of_any_size() -> None:
+    """Lift the csv module's 131,072-character field limit: a long document in one cell is valid
+    CSV (and reads as JSONL already)."""
+    csv.field_size_limit(2**31 - 1)  # the limit is a C long, 32 bits on Windows
+
+
+def _skip_or_raise(header: str, problems: list[str], total: int, skip_bad: bool, report: DataReport) -> None:
+    """Unparsable records: one error naming them all, or (``skip_bad``) each listed in the report.
+
+    A file whose every record is bad is an error even with ``skip_bad``: it was not read right.
+    """
+    if skip_bad and len(problems) < total:
+        leave_out(problems, "unparsable lines", report)
+        return
+    hint = "" if skip_bad else f"\n{SKIP_BAD_HINT}"
+    raise DataError(format_problems(header, problems) + hint)
+
+
+def _drop_wrong_widths(
+    body: list[tuple[int, list[str]]], width: int, source: str, dialect: tuple[str, int], cfg: DataConfig,
+    report: DataReport,
+) -> list[tuple[int, list[str]]]:  # fmt: skip
+    bad = {
+        line: f"line {line}: expected {width} fields, found {len(rec)}"
+        for line, rec in body
+        if len(rec) != width
+    }
+    if not bad:
+        return body
+    delimiter, quoting = dialect
+    sep = "tab" if delimiter == "\t" else repr(delimiter)
+    hint = "; is the file quoted consistently?" if quoting == csv.QUOTE_MINIMAL else ""
+    header = (
+        f"{source}: {len(bad)} row(s) with the wrong number of {sep}-separated fields "
+        f"(header has {width}{hint})"
+    )
+    _skip_or_raise(header, list(bad.values()), len(body), cfg.skip_bad, report)
+    return [(line, rec) for line, rec in body if line not in bad]
+
+
 def read_delimited(path: Path, text: str, cfg: DataConfig, report: DataReport) -> Table:
+    _allow_fields_of_any_size()
     source = str(path)
     lines = text.splitlines()
     delimiter = _delimiter_for(path, lines[:50])
@@ -218,22 +196,7 @@ def read_delimited(path: Path, text: str, cfg: DataConfig, report: DataReport) -
     else:
         columns = [str(j) for j in range(len(first))]
         body = parsed
-    width = len(columns)
-    problems = [
-        f"line {line}: expected {width} fields, found {len(rec)}"
-        + (" (is the file quoted consistently?)" if quoting == csv.QUOTE_MINIMAL else "")
-        for line, rec in body
-        if len(rec) != width
-    ]
-    if problems:
-        sep = "tab" if delimiter == "\t" else repr(delimiter)
-        raise DataError(
-            format_problems(
-                f"{source}: {len(problems)} row(s) with the wrong number of {sep}-separated "
-                f"fields (header has {width})",
-                problems,
-            )
-        )
+    body = _drop_wrong_widths(body, len(columns), source, (delimiter, quoting), cfg, report)
     if quoting == csv.QUOTE_NONE and any('"' in line for line in lines[:1000]):
         report.notes.append(f"{path.name}: read without quote handling (its quotes are part of the text)")
     return Table(
@@ -247,33 +210,47 @@ def read_delimited(path: Path, text: str, cfg: DataConfig, report: DataReport) -
     )
 
 
-def read_json_records(path: Path, text: str, report: DataReport) -> Table:
-    source = str(path)
-    objects: list[tuple[int, Any]] = []
-    problems = []
-    stripped = text.lstrip()
-    if path.suffix.lower() == ".json" and stripped.startswith("["):
+def _json_array_objects(text: str, source: str) -> tuple[list[tuple[int, Any]], list[str]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{source}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
+    objects, problems = [], []
+    for i, obj in enumerate(data):
+        if isinstance(obj, dict):
+            objects.append((i, obj))
+        else:
+            problems.append(f"item {i}: expected a JSON object with named fields, got {type(obj).__name__}")
+    return objects, problems
+
+
+def _json_line_objects(text: str) -> tuple[list[tuple[int, Any]], list[str]]:
+    objects, problems = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
         try:
-            data = json.loads(text)
+            obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{source}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
-        objects = [(i, obj) for i, obj in enumerate(data)]
-        is_file_rows = False
-    else:
-        is_file_rows = True
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                objects.append((number, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                problems.append(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
-    for where, obj in objects:
-        if not isinstance(obj, dict):
-            label = f"line {where}" if is_file_rows else f"item {where}"
-            problems.append(f"{label}: expected a JSON object with named fields, got {type(obj).__name__}")
+            problems.append(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        if isinstance(obj, dict):
+            objects.append((number, obj))
+        else:
+            problems.append(
+                f"line {number}: expected a JSON object with named fields, got {type(obj).__name__}"
+            )
+    return objects, problems
+
+
+def read_json_records(path: Path, text: str, report: DataReport, skip_bad: bool = False) -> Table:
+    """A JSON array of objects (``.json``) or one object per line; ``skip_bad`` leaves bad lines out."""
+    source = str(path)
+    is_array = path.suffix.lower() == ".json" and text.lstrip().startswith("[")
+    objects, problems = _json_array_objects(text, source) if is_array else _json_line_objects(text)
     if problems:
-        raise DataError(format_problems(f"{source}: {len(problems)} bad JSON line(s)", problems))
+        total = len(objects) + len(problems)
+        _skip_or_raise(f"{source}: {len(problems)} bad JSON line(s)", problems, total, skip_bad, report)
     if not objects:
         raise DataError(f"{source}: the file is empty")
     columns: list[str] = []
@@ -283,7 +260,7 @@ def read_json_records(path: Path, text: str, report: DataReport) -> Table:
                 columns.append(key)
     records = [[obj.get(c) for c in columns] for _, obj in objects]
     rows = [where for where, _ in objects]
-    return Table(columns, records, rows, source, is_file=is_file_rows, report=report)
+    return Table(columns, records, rows, source, is_file=not is_array, report=report)
 
 
 def read_table(path: str | os.PathLike, cfg: DataConfig | None = None) -> Table:
@@ -305,7 +282,7 @@ def read_table(path: str | os.PathLike, cfg: DataConfig | None = None) -> Table:
     text = decode_bytes(raw, str(path), cfg.encoding, report)
     suffix = path.suffix.lower()
     if suffix in JSONL_SUFFIXES or suffix == ".json":
-        return read_json_records(path, text, report)
+        return read_json_records(path, text, report, cfg.skip_bad)
     return read_delimited(path, text, cfg, report)
 
 
@@ -455,7 +432,8 @@ def read_text_dataset(
 
     Args:
         data: the source.
-        cfg: column names, task, delimiter, header and encoding settings.
+        cfg: column names, task, delimiter, header and encoding settings; ``cfg.skip_bad`` leaves
+            bad rows out (listed in the report) instead of raising.
         labels: labels of ``data`` when ``data`` is a plain list of texts.
         label_space: the label space to enforce (evaluation data of a trained model).
         task: overrides ``cfg.task`` (evaluation data uses the model's task).
@@ -469,7 +447,7 @@ def read_text_dataset(
         texts, raw_labels = list(data), list(labels)
         return build_dataset(
             texts, raw_labels, task=task, label_sep=cfg.label_sep, label_space=label_space,
-            source="<list>", require_min_per_class=require_min_per_class,
+            source="<list>", require_min_per_class=require_min_per_class, skip_bad=cfg.skip_bad,
         )  # fmt: skip
     table = read_table(data, cfg) if isinstance(data, str | os.PathLike) else table_from_object(data)
     text_j, label_j = choose_columns(table, cfg.text_col, cfg.label_col, prefer_columns)
@@ -488,6 +466,7 @@ def read_text_dataset(
         label_col=table.columns[label_j],
         report=report,
         require_min_per_class=require_min_per_class,
+        skip_bad=cfg.skip_bad,
     )
 
 
@@ -509,17 +488,18 @@ def read_text_inputs(data: Any, text_col: str | None = None, encoding: str | Non
         path = Path(data)
         if path.is_dir():
             _refuse_media_folder(path)
-        if path.suffix.lower() in MEDIA_SUFFIXES["image"] + MEDIA_SUFFIXES["audio"]:
+        if media_modality(path.name):
             _refuse_media([str(path)], str(path))
         if path.suffix.lower() == ".txt" and path.exists():
             report = DataReport()
             text = decode_bytes(path.read_bytes(), str(path), encoding, report)
             lines = [line for line in text.splitlines() if line.strip()]
             if lines and not all("\t" in line for line in lines[:50]):
-                texts = lines
-                _check_texts(texts, str(path))
-                return texts
+                emit_warnings(report)
+                _check_texts(lines, str(path))
+                return lines
         table = read_table(path, DataConfig(text_col=text_col, encoding=encoding))
+        emit_warnings(table.report)
     elif isinstance(data, list | tuple) and all(isinstance(x, str) for x in data):
         texts = list(data)
         _check_texts(texts, "<inputs>")
@@ -572,20 +552,24 @@ _PATHLIKE = re.compile(r"^\S+\.([A-Za-z0-9]{2,5})$")
 
 def _refuse_media(texts: list[str], source: str) -> None:
     """Inputs that are all file names of images or audio are a modality mismatch, not text."""
-    if not texts:
+    names = [t.strip() for t in texts]
+    # Looked at first: only inputs that all look like file names pay for loading the format lists.
+    if not names or not all(_PATHLIKE.match(n) for n in names):
         return
-    for modality, suffixes in MEDIA_SUFFIXES.items():
-        if all(_PATHLIKE.match(t.strip()) and t.strip().lower().endswith(suffixes) for t in texts):
-            raise ContractError(
-                f"{source}: this model takes text (modality 'text') but the inputs are {modality} files "
-                f"(e.g. {texts[0]!r}); use a model trained on {modality} data, or pass the texts themselves"
-            )
+    kinds = {media_modality(n) for n in names}
+    if len(kinds) == 1 and None not in kinds:
+        modality = kinds.pop()
+        raise ContractError(
+            f"{source}: this model takes text (modality 'text') but the inputs are {modality} files "
+            f"(e.g. {texts[0]!r}); use a model trained on {modality} data, or pass the texts themselves"
+        )
 
 
 def _refuse_media_folder(path: Path) -> None:
     names = [p.name for p in path.rglob("*") if p.is_file()][:200]
-    for modality, suffixes in MEDIA_SUFFIXES.items():
-        if names and sum(n.lower().endswith(suffixes) for n in names) >= 0.5 * len(names):
+    kinds = [media_modality(n) for n in names]
+    for modality in ("image", "audio"):
+        if names and kinds.count(modality) >= 0.5 * len(names):
             raise ContractError(
                 f"{path}: this model takes text (modality 'text') but the folder holds {modality} files; "
                 f"use a model trained on {modality} data"
