@@ -12,23 +12,39 @@
 
 ``backbone/`` makes a bundle independent of where its backbone came from (a moved or deleted
 ``hf:`` folder does not break it).
+
+Integrity: ``graft.json`` lists the sha256 of every other file and, under ``integrity``, the sha256
+of each of its own top-level entries. Loading refuses a bundle whose manifest entries were edited
+(e.g. a reordered ``label_space``), whose files are missing or modified, or which holds files the
+manifest does not list; the architecture is rebuilt from a verified private copy of ``backbone/``.
+These are checksums, not signatures: they catch accidental and careless edits, not a forger who
+recomputes them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import platform
+import tempfile
+import warnings
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from graft.errors import BundleError
+from graft.errors import BundleError, BundleWarning, format_problems
 from graft.serialization import atomic_directory, load_tensors, save_tensors, sha256_file, write_json
 
-FORMAT_VERSION = 1
+# 2: graft.json carries an integrity record over its own content (format 1 hashed the other files only).
+FORMAT_VERSION = 2
 MANIFEST = "graft.json"
 WEIGHTS = "model.safetensors"
+INTEGRITY = "integrity"
+# Written by file managers, never read by graft: tolerated in a bundle folder.
+OS_METADATA = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+REFUSAL_ADVICE = "Use an intact copy of the bundle, or fit the model again"
 
 
 def resolve_bundle_path(path: str | Path) -> Path:
@@ -56,6 +72,22 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _canonical_sha256(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def seal_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` as JSON will read it back, plus the sha256 of each top-level entry.
+
+    One digest per entry (not one for the whole file) lets a refusal name what was edited
+    (``label_space``, ``contract``, ``files`` ...) while graft.json stays plain, readable JSON.
+    """
+    body = json.loads(json.dumps({k: v for k, v in manifest.items() if k != INTEGRITY}, default=str))
+    body[INTEGRITY] = {"sha256": {key: _canonical_sha256(value) for key, value in body.items()}}
+    return body
+
+
 def save_bundle(
     path: str | Path,
     network: Any,
@@ -68,7 +100,8 @@ def save_bundle(
 
     Args:
         manifest: task, label space, contract, strategy, metrics summary, provenance ... (JSON-able);
-            the format version, versions, creation time and file hashes are added here.
+            the format version, versions, creation time, file hashes and the integrity record are
+            added here.
     """
     path = Path(path)
     with atomic_directory(path) as tmp:
@@ -78,7 +111,7 @@ def save_bundle(
         network.backbone.save_architecture(tmp / "backbone")
         write_json(tmp / "metrics.json", metrics)
         (tmp / "report.html").write_text(report_html, encoding="utf-8")
-        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         full = {
             "format_version": FORMAT_VERSION,
             **manifest,
@@ -86,17 +119,25 @@ def save_bundle(
             "versions": versions(),
             "files": files,
         }
-        write_json(tmp / MANIFEST, full)
+        write_json(tmp / MANIFEST, seal_manifest(full))
     return path
 
 
 def read_manifest(path: str | Path, verify: bool = True) -> tuple[Path, dict[str, Any]]:
-    """The bundle folder and its manifest, after checking every file's sha256."""
+    """The bundle folder and its manifest, after checking the manifest's own content, that the folder
+    holds exactly the files it lists, and every file's sha256.
+
+    Raises:
+        BundleError: naming every change found (edited manifest entries, missing, modified or
+            unexpected files), or an unsupported format version.
+    """
     folder = resolve_bundle_path(path)
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{folder / MANIFEST} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{folder / MANIFEST} is not valid JSON ({exc}); {REFUSAL_ADVICE}") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{folder / MANIFEST} is not a graft manifest (a JSON object); {REFUSAL_ADVICE}")
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise BundleError(
@@ -104,22 +145,115 @@ def read_manifest(path: str | Path, verify: bool = True) -> tuple[Path, dict[str
             f"(reads up to {FORMAT_VERSION}); upgrade graft"
         )
     if verify:
-        problems = []
-        for name, expected in manifest.get("files", {}).items():
-            file = folder / name
-            if not file.is_file():
-                problems.append(f"{name} is missing")
-            elif sha256_file(file) != expected:
-                problems.append(f"{name} was modified after saving (sha256 mismatch)")
-        if WEIGHTS not in manifest.get("files", {}):
-            problems.append(f"{WEIGHTS} is not listed in {MANIFEST}")
+        problems = _manifest_changes(manifest) + _file_problems(folder, manifest.get("files"))
         if problems:
             raise BundleError(
-                f"refusing to load bundle {folder}: "
-                + "; ".join(problems)
-                + ". The bundle is corrupted or was tampered with; re-save it from the original run"
+                format_problems(
+                    f"refusing to load bundle {folder}: it changed after it was saved (a bundle is read "
+                    f"only as written, labels and contract included). {REFUSAL_ADVICE}",
+                    problems,
+                )
             )
     return folder, manifest
+
+
+def _manifest_changes(manifest: dict[str, Any]) -> list[str]:
+    if manifest.get("format_version") == 1:
+        warnings.warn(
+            "this bundle was saved by an older graft (format 1), whose graft.json carries no integrity "
+            "record: its labels and contract cannot be checked. Re-save it once: "
+            "graft.load(path).save(path)",
+            BundleWarning,
+            stacklevel=4,
+        )
+        return []
+    recorded = (
+        manifest.get(INTEGRITY, {}).get("sha256") if isinstance(manifest.get(INTEGRITY), dict) else None
+    )
+    if not isinstance(recorded, dict):
+        return [f"{MANIFEST}: its integrity record is missing or malformed"]
+    body = {k: v for k, v in manifest.items() if k != INTEGRITY}
+    problems = [
+        f"{MANIFEST}: {key!r} was edited after saving"
+        for key in body
+        if key in recorded and _canonical_sha256(body[key]) != recorded[key]
+    ]
+    problems += [f"{MANIFEST}: {key!r} was added after saving" for key in body if key not in recorded]
+    problems += [f"{MANIFEST}: {key!r} was removed after saving" for key in recorded if key not in body]
+    return problems
+
+
+def _file_problems(folder: Path, files: Any) -> list[str]:
+    if not isinstance(files, dict) or WEIGHTS not in files:
+        return [f"{MANIFEST}: the list of files is missing or does not name {WEIGHTS}"]
+    problems = [f"{name}: not a plain path inside the bundle" for name in files if not _safe_name(name)]
+    for name, expected in files.items():
+        file = folder / name
+        if not _safe_name(name):
+            continue
+        if not file.is_file():
+            problems.append(f"{name} is missing")
+        elif sha256_file(file) != expected:
+            problems.append(f"{name} was modified after saving (sha256 mismatch)")
+    present = {
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if not p.is_dir() and p.name not in OS_METADATA
+    }
+    for name in sorted(present - set(files) - {MANIFEST}):
+        problems.append(f"{name} is not part of the bundle (added after saving); remove it")
+    return problems
+
+
+def _safe_name(name: str) -> bool:
+    parts = Path(name).parts
+    return bool(parts) and not Path(name).is_absolute() and ".." not in parts
+
+
+@contextlib.contextmanager
+def verified_architecture(folder: Path, manifest: dict[str, Any]) -> Iterator[Path]:
+    """A private copy of the bundle's ``backbone/`` folder holding only the files the manifest lists,
+    each checked against its sha256 as it is copied.
+
+    Tokenizers and configs are read from this copy: a file added to (or swapped in) the bundle
+    after verification can never reach them.
+    """
+    prefix = "backbone/"
+    with tempfile.TemporaryDirectory(prefix="graft-bundle-") as tmp:
+        target = Path(tmp) / "backbone"
+        target.mkdir()
+        for name, expected in manifest["files"].items():
+            if not name.startswith(prefix) or not _safe_name(name):
+                continue
+            data = (folder / name).read_bytes()
+            if hashlib.sha256(data).hexdigest() != expected:
+                raise BundleError(f"refusing to load bundle {folder}: {name} changed while it was read")
+            copy = Path(tmp) / name
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_bytes(data)
+        yield target
+
+
+def _rebuild_backbone(folder: Path, manifest: dict[str, Any], module: Any = None) -> Any:
+    from graft.backbones import backbone_from_saved
+
+    with verified_architecture(folder, manifest) as architecture:
+        backbone = backbone_from_saved(architecture, manifest["backbone"], module=module)
+    _check_contract(folder, backbone, manifest)
+    return backbone
+
+
+def _check_contract(folder: Path, backbone: Any, manifest: dict[str, Any]) -> None:
+    """The rebuilt backbone must preprocess exactly as recorded (tokenizer identity, sizes, ...)."""
+    recorded = manifest.get("contract", {}).get("preprocessing")
+    rebuilt = json.loads(json.dumps(backbone.contract.to_dict()["preprocessing"], default=str))
+    if recorded is None or recorded == rebuilt:
+        return
+    changed = sorted(k for k in set(recorded) | set(rebuilt) if recorded.get(k) != rebuilt.get(k))
+    raise BundleError(
+        f"refusing to load bundle {folder}: its backbone files rebuild a preprocessing that differs from "
+        f"the contract in {MANIFEST} ({', '.join(changed)}). {REFUSAL_ADVICE}"
+    )
 
 
 def load_network(folder: Path, manifest: dict[str, Any], module: Any = None) -> Any:
@@ -128,10 +262,9 @@ def load_network(folder: Path, manifest: dict[str, Any], module: Any = None) -> 
     ``module``: a fresh instance of the user's own network, for bundles made with
     ``Backbone.from_module`` on a class graft cannot rebuild itself.
     """
-    from graft.backbones import backbone_from_saved
     from graft.heads import TaskModel, make_head
 
-    backbone = backbone_from_saved(folder / "backbone", manifest["backbone"], module=module)
+    backbone = _rebuild_backbone(folder, manifest, module=module)
     head_spec = manifest["head"]
     head = make_head(manifest["task"], head_spec["in_dim"], head_spec["n_outputs"])
     network = TaskModel(backbone, head)
@@ -152,10 +285,8 @@ def bundle_backbone(path: str | Path) -> Any:
     The bundle is verified first; the backbone keeps the bundle's contract, so transfer from your
     own earlier model (or one made with ``graft pretrain``) checks inputs exactly as that model did.
     """
-    from graft.backbones import backbone_from_saved
-
     folder, manifest = read_manifest(path)
-    backbone = backbone_from_saved(folder / "backbone", manifest["backbone"])
+    backbone = _rebuild_backbone(folder, manifest)
     state = load_tensors(folder / WEIGHTS)
     prefix = "backbone."
     own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

@@ -32,6 +32,14 @@ class NotFittedError(GraftError, AttributeError):
     """A model was used before it was fitted."""
 
 
+class GraftWarning(UserWarning):
+    """Something graft handled but the user should know about; the CLI prints it as one line."""
+
+
+class BundleWarning(GraftWarning):
+    """A bundle loads, but with less checking than a current one gets (e.g. an older format)."""
+
+
 def format_problems(header: str, problems: list[str], limit: int = 20) -> str:
     """One message for many problems: a summary line, then one indented line per problem."""
     shown = [f"  - {p}" for p in problems[:limit]]
