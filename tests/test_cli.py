@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 
 from graft.cli import COMMANDS, main
+from tests.conftest import make_sentiment
 
 
 def run(*argv: str) -> subprocess.CompletedProcess:
@@ -53,7 +55,7 @@ def test_unknown_backbone_exit_2(tmp_path, sentiment_csv, capsys):
 
 
 def test_internal_error_exit_1(monkeypatch, capsys):
-    def broken(args):
+    def broken(args, out):
         raise RuntimeError("boom")
 
     monkeypatch.setitem(COMMANDS, "backbones", broken)
@@ -74,7 +76,7 @@ def test_fit_evaluate_predict_end_to_end(tiny_source, sentiment_csv, tmp_path, c
                  "--batch-size", "8", "--lr", "5e-3", "--out", str(out), "--json", "--quiet"])  # fmt: skip
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
-    assert {"accuracy", "macro_f1"} <= set(summary["metrics"]) and summary["strategy"] == "full"
+    assert {"accuracy", "macro_f1"} <= set(summary["metrics"]) and summary["trained"] == "full"
     assert (out / "config.yaml").is_file()
 
     assert main(["evaluate", str(out), str(sentiment_csv), "--json", "--quiet"]) == 0
@@ -122,3 +124,117 @@ def test_tampered_bundle_exit_2(tiny_source, sentiment_csv, tmp_path, capsys):
     weights.write_bytes(weights.read_bytes()[:-8] + b"\x00" * 8)
     assert main(["evaluate", str(out), str(sentiment_csv), "--quiet"]) == 2
     assert "model.safetensors was modified" in capsys.readouterr().err
+
+
+def _fit_args(data, backbone, out, *extra):
+    return ["fit", str(data), "--backbone", backbone, "--out", str(out), *extra]
+
+
+FINE_TUNE = ("--strategy", "full", "--epochs", "2", "--batch-size", "8", "--lr", "5e-3")
+
+
+@pytest.mark.slow
+def test_fit_json_stdout_is_one_object_while_progress_goes_to_stderr(tiny_source, sentiment_csv, tmp_path):
+    result = run(*_fit_args(sentiment_csv, tiny_source, tmp_path / "run", *FINE_TUNE, "--json"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)  # the whole of stdout is one JSON object
+    assert summary["trained"] == "full" and "accuracy" in summary["metrics"]
+    assert "epoch 1 [full]" in result.stderr and "epoch 2 [full]" in result.stderr
+
+
+def test_json_failure_is_a_json_error_object(tmp_path, capsys):
+    assert main(["fit", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r"), "--json"]) == 2
+    captured = capsys.readouterr()
+    error = json.loads(captured.out)["error"]
+    assert error == {"message": f"file not found: {tmp_path / 'missing.csv'}", "type": "DataError",
+                     "exit_code": 2}  # fmt: skip
+    assert "graft: error: file not found" in captured.err
+
+    with pytest.raises(SystemExit):
+        main(["fit", "x.csv", "--strategy", "magic", "--json"])
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["exit_code"] == 2 and "invalid choice: 'magic'" in error["message"]
+
+
+def test_warnings_print_as_one_line_without_source_paths(monkeypatch, capsys):
+    import warnings
+
+    def warns(args, out):
+        warnings.warn("the data looks odd", UserWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setitem(COMMANDS, "backbones", warns)
+    assert main(["backbones"]) == 0
+    assert capsys.readouterr().err == "graft: warning: the data looks odd\n"
+
+
+def test_edited_bundle_is_refused_by_predict_naming_the_change(tiny_source, sentiment_csv, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*_fit_args(sentiment_csv, tiny_source, out, "--strategy", "linear_probe"), "--quiet"]) == 0
+    capsys.readouterr()
+    manifest_path = out / "bundle" / "graft.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["label_space"].reverse()
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    inputs = tmp_path / "new.txt"
+    inputs.write_text("a gorgeous moving film\n")
+    assert main(["predict", str(out), str(inputs), "--json"]) == 2
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["type"] == "BundleError" and "'label_space' was edited after saving" in error["message"]
+
+
+def test_report_names_the_strategy_that_shipped(tiny_source, sentiment_csv, tmp_path, capsys):
+    """Fine-tuning that cannot move (a vanishing learning rate) never beats the probe it starts from:
+    the probe ships, and the summary and report say so instead of "full"."""
+    out = tmp_path / "run"
+    frozen_in_effect = ("--strategy", "full", "--epochs", "2", "--lr", "1e-12", "--head-lr", "1e-12")
+    assert main([*_fit_args(sentiment_csv, tiny_source, out, *frozen_in_effect), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["strategy"] == "linear_probe" and summary["trained"] == "full"
+    assert "never beat the linear probe" in summary["reason"]
+    html = (out / "bundle" / "report.html").read_text()
+    assert "Strategy shipped:</b> linear_probe" in html and "Trained: full" in html
+    history = html.split("Training history")[1].split("</table>")[0]
+    assert re.search(r"<td>\de-1\d</td>", history)  # a learning rate of ~1e-12 is not printed as 0.0000
+
+
+def test_resumed_run_says_where_it_resumes(tiny_source, sentiment_csv, tmp_path, capsys):
+    from graft.api import fit
+    from graft.cli import config_from_args
+    from graft.engine import Callback
+
+    class Stop(Callback):
+        def on_epoch_end(self, record, history):
+            raise KeyboardInterrupt
+
+    args = _fit_args(sentiment_csv, tiny_source, tmp_path / "run", *FINE_TUNE)
+    cfg = config_from_args(__import__("graft.cli").cli.build_parser().parse_args(args))
+    with pytest.raises(KeyboardInterrupt):
+        fit(sentiment_csv, config=cfg, out=tmp_path / "run", progress=False, callbacks=[Stop()])
+    assert main([*args, "--resume", "--overwrite"]) == 2
+    assert "pass only one" in capsys.readouterr().err
+    assert main([*args, "--resume"]) == 0
+    assert "resuming after epoch 1 of 2" in capsys.readouterr().err
+
+
+def test_skip_bad_text_rows_are_left_out_and_listed(tiny_source, sentiment_csv, tmp_path, capsys):
+    test_file = tmp_path / "test.csv"
+    rows = [("text", "label"), *make_sentiment(10, seed=3)]
+    rows[3], rows[7] = ("", "positive"), ("a dull film", "")
+    with open(test_file, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    out = tmp_path / "run"
+    fit = _fit_args(sentiment_csv, tiny_source, out, "--strategy", "linear_probe", "--test", str(test_file))
+    assert main([*fit, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "line 4: empty text" in err and "line 8: missing label" in err and "--skip-bad" in err
+
+    assert main([*fit, "--skip-bad", "--quiet", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_test"] == 18
+    html = (out / "bundle" / "report.html").read_text()
+    assert "Left out with --skip-bad (2)" in html and "line 4: empty text" in html
+
+    assert main(["evaluate", str(out), str(test_file), "--skip-bad", "--json", "--quiet"]) == 0
+    evaluation = json.loads(capsys.readouterr().out)
+    assert evaluation["n"] == 18 and evaluation["skipped"] == ["line 4: empty text", "line 8: missing label"]

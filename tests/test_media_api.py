@@ -136,8 +136,13 @@ def test_arch_weights_bundle_and_bundle_backbone(tmp_path, image_folder):
 
 def test_weights_file_errors(tmp_path):
     torch.save(nn.Linear(2, 2), tmp_path / "pickled.pth")
-    with pytest.raises(ConfigError, match="weights_only"):
+    with pytest.raises(
+        ConfigError, match=r"pickled Python objects .*torch\.nn\.modules\.linear\.Linear"
+    ) as info:
         create_backbone("arch:resnet20", weights=str(tmp_path / "pickled.pth"))
+    # the safe way on (convert once, if trusted), never torch's bare "re-run with weights_only=False"
+    assert "If you trust the file, convert it once to safetensors" in str(info.value)
+    assert "Re-running" not in str(info.value) and "--weights weights.safetensors" in str(info.value)
     torch.save({"state_dict": nn.Linear(2, 2).state_dict()}, tmp_path / "other.pth")
     with pytest.raises(ConfigError, match="does not fit this architecture"):
         create_backbone("arch:resnet20", weights=str(tmp_path / "other.pth"))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -47,9 +46,9 @@ from graft.errors import ConfigError, ContractError
 from graft.evaluation import SELECTION, EvaluationResult, RunReport, evaluate_predictions, fit_majority
 from graft.features import FeatureCache, extract_features
 from graft.heads import TaskModel, make_head
+from graft.runs import RunFolder, claim_run_folder
 from graft.strategies import bind, plan_strategy
 
-RUN_FILE = "run.json"
 # Training examples whose features fix a fine-tuned head's input standardisation.
 HEAD_STATS_SAMPLE = 256
 
@@ -104,7 +103,7 @@ class Model:
     def __repr__(self) -> str:
         return (
             f"Model(task={self.task!r}, backbone={self.manifest_['backbone']['source']!r}, "
-            f"strategy={self.manifest_['strategy']['kind']!r}, labels={len(self.label_space)})"
+            f"strategy={shipped_strategy(self.manifest_)!r}, labels={len(self.label_space)})"
         )
 
     # -- predictions ---------------------------------------------------------------------------
@@ -123,17 +122,19 @@ class Model:
     def modality(self) -> str:
         return self.contract["modality"]
 
-    def inputs(self, inputs: Any, column: str | None = None) -> list[str]:
+    def inputs(self, inputs: Any, column: str | None = None, encoding: str | None = None) -> list[str]:
         """Unlabeled inputs checked against this model's contract: texts, or image/audio file paths.
+
+        ``encoding``: of a text file of inputs (default: UTF-8, or what its byte-order mark says).
 
         Raises:
             ContractError: inputs of another modality (e.g. image files for a text model).
         """
         default = self.contract.get("text_col") or self.contract.get("path_col")
-        return read_inputs(inputs, self.modality, column or default)
+        return read_inputs(inputs, self.modality, column or default, encoding)
 
     def predict_proba(
-        self, inputs: Any, *, text_col: str | None = None, progress: bool = False
+        self, inputs: Any, *, text_col: str | None = None, encoding: str | None = None, progress: bool = False
     ) -> np.ndarray:
         """Class probabilities ``[n, n_classes]`` (columns in ``label_space`` order).
 
@@ -142,18 +143,21 @@ class Model:
                 image/audio models: a folder, a file, a list of paths, or a table with a path column.
             text_col: the text (or path) column of a table (default: the column the model was
                 trained on).
+            encoding: of a file of inputs (default: UTF-8, or what its byte-order mark says).
         """
         if self.task == "regression":
             raise ContractError("a regression model has no class probabilities; use predict()")
-        return self.activated(self.inputs(inputs, text_col), progress=progress)
+        return self.activated(self.inputs(inputs, text_col, encoding), progress=progress)
 
     def activated(self, examples: list[str], *, progress: bool = False) -> np.ndarray:
         """Probabilities (or values) for examples already checked by :meth:`inputs`."""
         return self.network_.head.activate(self._outputs(examples, cache=False, progress=progress)).numpy()
 
-    def predict(self, inputs: Any, *, text_col: str | None = None, progress: bool = False) -> list[Any]:
+    def predict(
+        self, inputs: Any, *, text_col: str | None = None, encoding: str | None = None, progress: bool = False
+    ) -> list[Any]:
         """Labels (multiclass), lists of labels (multilabel, threshold 0.5) or values (regression)."""
-        values = self.activated(self.inputs(inputs, text_col), progress=progress)
+        values = self.activated(self.inputs(inputs, text_col, encoding), progress=progress)
         return decode_outputs(self.task, self.label_space, values)
 
     # -- evaluation ----------------------------------------------------------------------------
@@ -164,20 +168,26 @@ class Model:
         text_col: str | None = None,
         label_col: str | None = None,
         encoding: str | None = None,
+        skip_bad: bool = False,
         progress: bool = False,
     ) -> EvaluationResult:
-        """Metrics, 95% intervals and the majority baseline on labeled data the model never saw."""
-        modality = detect_modality(data)
+        """Metrics, 95% intervals and the majority baseline on labeled data the model never saw.
+
+        ``skip_bad`` leaves out bad rows (empty text, missing or unknown label) and undecodable
+        files instead of failing; they are listed in the result's ``skipped``.
+        """
+        media = self.modality != "text"
+        cfg = DataConfig(
+            text_col=None if media else text_col, path_col=text_col if media else None,
+            label_col=label_col, encoding=encoding, label_regex=self.contract.get("label_regex"),
+            skip_bad=skip_bad,
+        )  # fmt: skip
+        modality = detect_modality(data, cfg)
         if modality != self.modality:
             raise ContractError(
                 f"{data if isinstance(data, str | Path) else '<data>'} holds {modality} but this model "
                 f"takes {self.modality} (modality {self.modality!r}); evaluate it on {self.modality} data"
             )
-        media = self.modality != "text"
-        cfg = DataConfig(
-            text_col=None if media else text_col, path_col=text_col if media else None,
-            label_col=label_col, encoding=encoding, label_regex=self.contract.get("label_regex"),
-        )  # fmt: skip
         ds = read_dataset(
             data, cfg, label_space=self.label_space if self.task != "regression" else None,
             task=self.task, require_min_per_class=False,
@@ -186,7 +196,11 @@ class Model:
             ),
         )  # fmt: skip
         outputs = self._outputs(ds.examples, cache=True, progress=progress)
-        return score(self.network_.head, self.task, self.label_space, outputs, ds, self.manifest_["majority"])
+        result = score(
+            self.network_.head, self.task, self.label_space, outputs, ds, self.manifest_["majority"]
+        )
+        result.skipped = list(ds.report.skipped)
+        return result
 
     def save(self, path: str | Path) -> Path:
         """Write this model as a bundle (atomically)."""
@@ -198,7 +212,13 @@ class Model:
         return save_bundle(path, self.network_, manifest, metrics=metrics, report_html=html)
 
 
-_GENERATED_KEYS = ("format_version", "created_at", "versions", "files")
+def shipped_strategy(manifest: dict[str, Any]) -> str:
+    """The strategy whose result a bundle holds (bundles before LP-FT records name only ``kind``)."""
+    strategy = manifest["strategy"]
+    return strategy.get("shipped", strategy["kind"])
+
+
+_GENERATED_KEYS = ("format_version", "created_at", "versions", "files", "integrity")
 
 
 def head_outputs(head: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
@@ -288,57 +308,6 @@ def _resolve_config(config: RunConfig | None, **given: Any) -> RunConfig:
     return cfg
 
 
-def _check_run_folder(out: Path, cfg: RunConfig, resume: bool, overwrite: bool) -> dict[str, Any] | None:
-    """The earlier run's record when resuming; refuses to clobber a run folder by accident."""
-    record_file = out / RUN_FILE
-    if not record_file.is_file():
-        if resume:
-            raise ConfigError(f"--resume: {out} holds no run to resume (no {RUN_FILE}); drop --resume")
-        return None
-    record = json.loads(record_file.read_text(encoding="utf-8"))
-    if overwrite:
-        for name in ("checkpoints", "bundle", RUN_FILE, "config.yaml"):
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-        return None
-    if not resume:
-        raise ConfigError(
-            f"{out} already holds a {record.get('status', 'earlier')} run; pass --resume to continue it, "
-            "--overwrite to replace it, or choose another --out"
-        )
-    before = RunConfig.from_dict(record["config"])
-    if before != cfg:
-        diffs = _config_diff(before.to_dict(), cfg.to_dict())
-        raise ConfigError(
-            f"--resume: the settings differ from the run in {out} ({'; '.join(diffs[:5])}); resume with "
-            "the same settings, or start a new --out"
-        )
-    return record
-
-
-def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _config_diff(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            out.append(f"{prefix}{key}: {va!r} -> {vb!r}")
-    return out
-
-
-def _write_run_record(out: Path, cfg: RunConfig, status: str, fingerprint: str) -> None:
-    from graft.serialization import atomic_write_bytes
-
-    out.mkdir(parents=True, exist_ok=True)
-    record = {"status": status, "config": cfg.to_dict(), "data_fingerprint": fingerprint}
-    atomic_write_bytes(out / RUN_FILE, json.dumps(record, indent=2).encode())
-    cfg.to_yaml(out / "config.yaml")
-
-
 def _min_per_class(ds: Dataset) -> int | None:
     counts = ds.class_counts()
     return min(counts.values()) if counts else None
@@ -415,16 +384,50 @@ def fit(
         The trained :class:`Model`; its ``report_`` holds the evaluation.
     """
     t_start = time.perf_counter()
-    timings: dict[str, float] = {}
     given_backbone = backbone if isinstance(backbone, Backbone) else None
     cfg = _resolve_config(
         config, backbone=given_backbone.source if given_backbone else backbone, strategy=strategy, task=task,
         text_col=text_col, path_col=path_col, label_col=label_col, label_regex=label_regex, weights=weights,
         val=val if isinstance(val, str | Path) else None, test=test if isinstance(test, str | Path) else None,
     )  # fmt: skip
-    out_dir = Path(out) if out is not None else None
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite replaces it; pass only one")
+    if resume and out is None:
+        raise ConfigError("resume needs the run folder: pass out=")
+    run_data = _read_run_data(data, cfg, labels, val, test, given_backbone, progress)
+    run_data.t_start = t_start
+    if out is None:
+        return _train_and_evaluate(run_data, given_backbone, None, progress=progress, callbacks=callbacks)
+    with claim_run_folder(out, run_data.cfg, run_data.fingerprint, resume=resume, overwrite=overwrite) as run:
+        if run.complete:
+            _say(progress, f"run in {out} is already complete; loading its bundle")
+            return load(run.bundle)
+        return _train_and_evaluate(run_data, given_backbone, run, progress=progress, callbacks=callbacks)
 
-    # 0. the modality check, from names only: before any file is decoded or weights are loaded
+
+@dataclasses.dataclass
+class _RunData:
+    """The validated data of one run, read before any model is loaded or any folder is written."""
+
+    cfg: RunConfig
+    source: Dataset
+    val: Dataset | None
+    test: Dataset | None
+    timings: dict[str, float]
+    fingerprint: str
+    t_start: float = 0.0
+
+
+def _read_run_data(
+    data: Any,
+    cfg: RunConfig,
+    labels: Any,
+    val: Any,
+    test: Any,
+    given_backbone: Backbone | None,
+    progress: bool,
+) -> _RunData:
+    """Steps 0 and 1 of :func:`fit`: the modality check from names only, then the data, validated."""
     parts = layout_splits(data) if isinstance(data, str | Path) else {}
     if parts:
         _say(progress, f"data: {data} is split into {', '.join(parts)} folders; using them as the protocol")
@@ -441,7 +444,6 @@ def fit(
     if backbone_modality != "any":
         check_modality(data_modality, Contract(backbone_modality), cfg.backbone.source, where)
 
-    # 1. data, validated before any model is loaded
     t = time.perf_counter()
     source = read_dataset(data, cfg.data, labels=labels)
     space = source.label_space if source.task != "regression" else None
@@ -456,25 +458,30 @@ def fit(
 
     val_ds = read_extra(cfg.data.val if val is None or isinstance(val, str | Path) else val)
     test_ds = read_extra(cfg.data.test if test is None or isinstance(test, str | Path) else test)
-    fingerprint = source.fingerprint()
-    _say(progress, f"data: {source.source}: {source.report.summary()}; " + "; ".join(source.report.notes))
-    for warning in source.report.warnings:
-        _say(progress, f"warning: {warning}")
-    timings["read_data"] = time.perf_counter() - t
+    for ds in (source, val_ds, test_ds):
+        if ds is None:
+            continue
+        _say(progress, f"data: {ds.source}: {ds.report.summary()}; " + "; ".join(ds.report.notes))
+        for warning in ds.report.warnings:
+            _say(progress, f"warning: {warning}")
+    return _RunData(
+        cfg, source, val_ds, test_ds, {"read_data": time.perf_counter() - t}, source.fingerprint()
+    )
 
-    if out_dir is not None:
-        record = _check_run_folder(out_dir, cfg, resume, overwrite)
-        if record is not None and record.get("data_fingerprint") != fingerprint:
-            raise ConfigError(
-                f"--resume: the data differs from the run in {out_dir} (fingerprint mismatch); resume with "
-                "the same data, or start a new --out"
-            )
-        if record is not None and record.get("status") == "complete":
-            _say(progress, f"run in {out_dir} is already complete; loading its bundle")
-            return load(out_dir)
-        _write_run_record(out_dir, cfg, "running", fingerprint)
-    elif resume:
-        raise ConfigError("resume needs the run folder: pass out=")
+
+def _train_and_evaluate(
+    run_data: _RunData,
+    given_backbone: Backbone | None,
+    run: RunFolder | None,
+    *,
+    progress: bool,
+    callbacks: Sequence[Callback],
+) -> Model:
+    """Steps 2 to 6 of :func:`fit`: backbone, protocol, strategy, adaptation, evaluation, bundle."""
+    cfg, source, val_ds, test_ds = run_data.cfg, run_data.source, run_data.val, run_data.test
+    timings, t_start, fingerprint = run_data.timings, run_data.t_start, run_data.fingerprint
+    out_dir = run.path if run is not None else None
+    resume = run is not None and run.resumed
 
     # 2. backbone, and the contract check before any work
     t = time.perf_counter()
@@ -525,6 +532,7 @@ def fit(
     metric_fn = metric_fn_for(head, source.task)
     validation: dict[str, Any] = {"metric": metric_name}
     history: list[dict[str, Any]] = []
+    strategy_record = {**plan.to_dict(), "shipped": plan.kind, "shipped_reason": plan.reason}
 
     # 5. adaptation
     t = time.perf_counter()
@@ -581,6 +589,9 @@ def fit(
         )  # fmt: skip
         history = [dataclasses.asdict(e) for e in hist.epochs]
         validation.update(best=hist.best_metric, best_epoch=hist.best_epoch, stopped_early=hist.stopped_early)
+        strategy_record.update(_probe_kept(plan.kind, hist, validation.get("probe_val_metric"), metric_name))
+        if strategy_record["shipped"] != plan.kind:
+            _say(progress, f"note: {strategy_record['shipped_reason']}")
         timings["fine_tune"] = time.perf_counter() - t
         test_outputs = head_outputs(
             head, extract_features(bb, split.test.examples, progress=progress, desc="scoring test set")
@@ -599,8 +610,8 @@ def fit(
         backbone=cfg.backbone.source,
         task=source.task,
         label_space=list(source.label_space),
-        strategy=plan.to_dict(),
-        data=_data_summary(source, split, truncated),
+        strategy=strategy_record,
+        data=_data_summary(source, split, truncated, val_ds, test_ds),
         test=result,
         validation=validation,
         history=history,
@@ -617,7 +628,7 @@ def fit(
         },
         "backbone": bb.spec(),
         "head": {"type": type(head).__name__, "in_dim": bb.feature_dim, "n_outputs": n_outputs},
-        "strategy": plan.to_dict(),
+        "strategy": strategy_record,
         "metrics": {
             "test": result.metrics,
             "intervals_95": result.intervals,
@@ -635,13 +646,11 @@ def fit(
         },
     }
     model = Model(network, manifest, report)
-    if out_dir is not None:
+    if run is not None:
         t = time.perf_counter()
-        path = model.save(out_dir / "bundle")
+        path = model.save(run.bundle)
         model.manifest_ = read_manifest(path, verify=False)[1]
-        _write_run_record(out_dir, cfg, "complete", fingerprint)
-        if (out_dir / "checkpoints").exists():
-            shutil.rmtree(out_dir / "checkpoints")
+        run.finish(cfg, fingerprint)
         report.timings["save"] = time.perf_counter() - t
         _say(progress, f"bundle: {path}")
     report.timings["total"] = time.perf_counter() - t_start
@@ -681,7 +690,26 @@ def pretrain(
                overwrite=overwrite, progress=progress, callbacks=callbacks)  # fmt: skip
 
 
-def _data_summary(source: Dataset, split: Split, truncated: int) -> dict[str, Any]:
+def _probe_kept(kind: str, hist: Any, probe_metric: float | None, metric: str) -> dict[str, Any]:
+    """The strategy record's correction when fine-tuning never beat the probe it started from (LP-FT):
+    then the bundle holds the probe's head on the unchanged pretrained backbone, and says so."""
+    if probe_metric is None or hist.best_epoch != 0:
+        return {}
+    tried = max((e.val_metric for e in hist.epochs), default=float("nan"))
+    return {
+        "shipped": "linear_probe",
+        "frozen_backbone": True,
+        "shipped_reason": (
+            f"{kind} fine-tuning was tried but never beat the linear probe it started from on validation "
+            f"({metric}: best fine-tuned epoch {tried:.4f}, probe {probe_metric:.4f}), so the probe (best "
+            "epoch 0: its head on the unchanged pretrained backbone) shipped"
+        ),
+    }
+
+
+def _data_summary(
+    source: Dataset, split: Split, truncated: int, val: Dataset | None, test: Dataset | None
+) -> dict[str, Any]:
     return {
         "source": source.source,
         "rows": len(source),
@@ -692,7 +720,12 @@ def _data_summary(source: Dataset, split: Split, truncated: int) -> dict[str, An
         "duplicates": source.report.duplicates,
         "conflicting_duplicates": source.report.conflicting_duplicates,
         "truncated_texts": truncated,
-        "skipped_files": source.report.skipped,
+        "skipped": [
+            f"{ds.source}: {item}" if ds is not source else item
+            for ds in (source, val, test)
+            if ds is not None
+            for item in ds.report.skipped
+        ],
         "train_class_counts": {str(k): v for k, v in split.train.class_counts().items()},
         "warnings": source.report.warnings,
         "notes": source.report.notes,

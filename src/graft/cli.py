@@ -8,14 +8,16 @@ Exit codes: 0 success, 2 bad input or usage (one clear message, no traceback), 1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import traceback
 import typing
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 from graft.config import (
     BackboneConfig,
@@ -71,8 +73,15 @@ examples:
 """
 
 
+ENCODING_HELP = (
+    "text encoding of the file (default: UTF-8, or UTF-16/32 when the file starts with a byte-order mark; "
+    "lines that are not UTF-8 are read as cp1252, with a warning)"
+)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:
+        _Parser.last_error = message
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"graft: error: {message}\n")
 
@@ -165,7 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="text (or file path) column (default: the one the model was trained on)",
     )  # fmt: skip
     ev.add_argument("--label-col", help="label column (default: the one the model was trained on)")
-    ev.add_argument("--encoding", help="file encoding (default: UTF-8 with cp1252 fallback)")
+    ev.add_argument("--encoding", help=ENCODING_HELP)
+    ev.add_argument(
+        "--skip-bad", action="store_true",
+        help="leave out bad rows (empty text, missing or unknown label) and undecodable files instead of "
+        "failing; they are listed in the output",
+    )  # fmt: skip
     _add_common(ev)
 
     pr = sub.add_parser(
@@ -180,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or, for image/audio models, a folder or a single file",
     )
     pr.add_argument("--out", help="write predictions to this CSV (default: stdout)")
+    pr.add_argument("--encoding", help=ENCODING_HELP)
     pr.add_argument(
         "--text-col", "--path-col", dest="text_col",
         help="text (or file path) column (default: the one the model was trained on)",
@@ -222,7 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    parser.add_argument(
+        "--json", action="store_true",
+        help="print one JSON object on stdout: the result, or {\"error\": ...} on failure (progress stays "
+        "on stderr)",
+    )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bars or messages on stderr")
 
 
@@ -249,35 +268,37 @@ def config_from_args(args: argparse.Namespace, base: RunConfig | None = None) ->
 # commands
 
 
-def cmd_fit(args: argparse.Namespace) -> int:
+def cmd_fit(args: argparse.Namespace, out: TextIO) -> int:
     from datetime import datetime
 
     from graft.api import fit
 
     cfg = config_from_args(args)
-    out = args.out or os.path.join("runs", datetime.now().strftime("fit-%Y%m%d-%H%M%S"))
-    model = fit(args.data, config=cfg, out=out, resume=args.resume, overwrite=args.overwrite,
+    run = args.out or os.path.join("runs", datetime.now().strftime("fit-%Y%m%d-%H%M%S"))
+    model = fit(args.data, config=cfg, out=run, resume=args.resume, overwrite=args.overwrite,
                 progress=not args.quiet)  # fmt: skip
+    strategy = model.manifest_["strategy"]
     summary = {
-        "bundle": str(Path(out) / "bundle"),
+        "bundle": str(Path(run) / "bundle"),
         "task": model.task,
-        "strategy": model.manifest_["strategy"]["kind"],
-        "reason": model.manifest_["strategy"]["reason"],
+        "strategy": strategy.get("shipped", strategy["kind"]),
+        "reason": strategy.get("shipped_reason", strategy["reason"]),
+        "trained": strategy["kind"],
         **_metrics_payload(model.metrics),
     }
     if model.report_ is not None:
         summary["validation"] = {k: v for k, v in model.report_.validation.items() if k != "grid"}
         summary["timings_s"] = {k: round(v, 3) for k, v in model.report_.timings.items()}
     if args.json:
-        print(json.dumps(summary, default=str))
+        print(json.dumps(summary, default=str), file=out)
     else:
-        print(f"bundle: {summary['bundle']}")
-        print(f"strategy: {summary['strategy']} ({summary['reason']})")
-        _print_metrics(summary)
+        print(f"bundle: {summary['bundle']}", file=out)
+        print(f"strategy: {summary['strategy']} ({summary['reason']})", file=out)
+        _print_metrics(summary, out)
     return EXIT_OK
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
+def cmd_pretrain(args: argparse.Namespace, out: TextIO) -> int:
     from graft.api import pretrain
 
     cfg = config_from_args(args, base=pretrain_defaults())
@@ -291,10 +312,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         **_metrics_payload(model.metrics),
     }
     if args.json:
-        print(json.dumps(summary, default=str))
+        print(json.dumps(summary, default=str), file=out)
     else:
-        print(f"bundle: {summary['bundle']}  (transfer it with --backbone bundle:{args.out})")
-        _print_metrics(summary)
+        print(f"bundle: {summary['bundle']}  (transfer it with --backbone bundle:{args.out})", file=out)
+        _print_metrics(summary, out)
     return EXIT_OK
 
 
@@ -307,45 +328,52 @@ def _metrics_payload(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _print_metrics(payload: dict[str, Any]) -> None:
+def _print_metrics(payload: dict[str, Any], out: TextIO) -> None:
     base = payload.get("baselines", {}).get("majority", {})
     intervals = payload.get("intervals_95", {})
-    print(f"{'metric':<20}{'model':>10}{'95% interval':>22}{'majority':>12}")
+    print(f"{'metric':<20}{'model':>10}{'95% interval':>22}{'majority':>12}", file=out)
     for name, value in payload["metrics"].items():
         ci = intervals.get(name)
         ci_text = f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
         b = base.get(name)
-        print(f"{name:<20}{value:>10.4f}{ci_text:>22}{'' if b is None else f'{b:.4f}':>12}")
+        print(f"{name:<20}{value:>10.4f}{ci_text:>22}{'' if b is None else f'{b:.4f}':>12}", file=out)
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
     from graft.api import load
 
     model = load(args.bundle)
     result = model.evaluate(args.data, text_col=args.text_col, label_col=args.label_col,
-                            encoding=args.encoding, progress=not args.quiet)  # fmt: skip
+                            encoding=args.encoding, skip_bad=args.skip_bad,
+                            progress=not args.quiet)  # fmt: skip
     payload = {"bundle": str(args.bundle), "data": str(args.data), **result.to_dict()}
     if args.json:
-        print(json.dumps(payload, default=str))
+        print(json.dumps(payload, default=str), file=out)
         return EXIT_OK
-    print(f"{args.data}: {result.n} examples, task {result.task}")
+    print(f"{args.data}: {result.n} examples, task {result.task}", file=out)
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} bad rows/files (--skip-bad):", file=out)
+        for item in result.skipped:
+            print(f"  - {item}", file=out)
     _print_metrics(
-        {"metrics": result.metrics, "intervals_95": result.intervals, "baselines": result.baselines}
+        {"metrics": result.metrics, "intervals_95": result.intervals, "baselines": result.baselines}, out
     )
     if result.per_class:
-        print(f"\n{'class':<20}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
+        print(f"\n{'class':<20}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}", file=out)
         for name, row in result.per_class.items():
             print(
-                f"{name:<20}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}{row['support']:>10}"
+                f"{name:<20}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}"
+                f"{row['support']:>10}",
+                file=out,
             )
     return EXIT_OK
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def cmd_predict(args: argparse.Namespace, out: TextIO) -> int:
     from graft.api import decode_outputs, load
 
     model = load(args.bundle)
-    texts = model.inputs(args.input, args.text_col)
+    texts = model.inputs(args.input, args.text_col, args.encoding)
     key = "text" if model.modality == "text" else "path"
     activated = model.activated(texts, progress=not args.quiet)
     if model.task == "regression":
@@ -366,16 +394,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
             rows.append(row)
     if args.json and not args.out:
         for row in rows:
-            print(json.dumps(row, default=str))
+            print(json.dumps(row, default=str), file=out)
         return EXIT_OK
     if args.out:
         from graft.serialization import atomic_write_bytes
 
         atomic_write_bytes(args.out, _csv_text(rows).encode("utf-8"))
         message = {"predictions": str(args.out), "n": len(rows)}
-        print(json.dumps(message) if args.json else f"wrote {len(rows)} predictions to {args.out}")
+        print(json.dumps(message) if args.json else f"wrote {len(rows)} predictions to {args.out}", file=out)
     else:
-        sys.stdout.write(_csv_text(rows))
+        out.write(_csv_text(rows))
     return EXIT_OK
 
 
@@ -390,23 +418,23 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def cmd_backbones(args: argparse.Namespace) -> int:
+def cmd_backbones(args: argparse.Namespace, out: TextIO) -> int:
     from graft.backbones import list_backbones
 
     entries = list_backbones(args.pattern)
     if args.json:
         print(json.dumps([{"name": e.name, "example": e.example, "modality": e.modality,
-                           "description": e.description} for e in entries]))  # fmt: skip
+                           "description": e.description} for e in entries]), file=out)  # fmt: skip
         return EXIT_OK
     if not entries:
         print(f"no backbone source matches {args.pattern!r}", file=sys.stderr)
         return EXIT_USAGE
     for e in entries:
-        print(f"{e.example:<26}{e.modality:<8}{e.description}")
+        print(f"{e.example:<26}{e.modality:<8}{e.description}", file=out)
     return EXIT_OK
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     if args.kind == "image":
         from graft.demo_image import run_image_demo
 
@@ -429,37 +457,68 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        if exc.code == EXIT_USAGE and "--json" in argv:
+            _print_error_json(
+                sys.stdout, getattr(_Parser, "last_error", "bad usage"), "UsageError", EXIT_USAGE
+            )
+        raise
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    out = sys.stdout
+    as_json = bool(getattr(args, "json", False))
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        # With --json, stdout carries the result alone: anything else printed while the command runs
+        # (ours or a library's) goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            code, error = _run(args, out)
+    if error is not None and as_json:
+        _print_error_json(out, *error)
+    return code
+
+
+def _run(args: argparse.Namespace, out: TextIO) -> tuple[int, tuple[str, str, int] | None]:
+    """The command's exit code, and (message, type, code) when it failed."""
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command](args, out), None
     except GraftError as exc:
         print(f"graft: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_USAGE, (str(exc), type(exc).__name__, EXIT_USAGE)
     except KeyboardInterrupt:
-        print(
-            "\ngraft: interrupted; `graft fit ... --resume` continues from the last checkpoint",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
+        message = "interrupted; `graft fit ... --resume` continues from the last checkpoint"
+        print(f"\ngraft: {message}", file=sys.stderr)
+        return EXIT_INTERRUPTED, (message, "Interrupted", EXIT_INTERRUPTED)
     except OSError as exc:
         if exc.filename is not None:  # a path the user gave cannot be read or written
-            print(f"graft: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
-            return EXIT_USAGE
-        return _internal_error()
-    except Exception:
-        return _internal_error()
+            message = f"{exc.filename}: {exc.strerror}"
+            print(f"graft: error: {message}", file=sys.stderr)
+            return EXIT_USAGE, (message, type(exc).__name__, EXIT_USAGE)
+        return _internal_error(exc)
+    except Exception as exc:
+        return _internal_error(exc)
 
 
-def _internal_error() -> int:
+def _internal_error(exc: BaseException) -> tuple[int, tuple[str, str, int]]:
     traceback.print_exc()
     print(
         "graft: internal error (a bug in graft, not in your input); please report it with the "
         "traceback above",
         file=sys.stderr,
     )
-    return EXIT_INTERNAL
+    return EXIT_INTERNAL, (f"internal error: {type(exc).__name__}: {exc}", "InternalError", EXIT_INTERNAL)
+
+
+def _print_error_json(out: TextIO, message: str, kind: str, code: int) -> None:
+    print(json.dumps({"error": {"message": message, "type": kind, "exit_code": code}}), file=out)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line for a person: no source path, no code line."""
+    print(f"graft: warning: {message}", file=sys.stderr)

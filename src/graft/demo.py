@@ -208,7 +208,7 @@ def run_demo(out: Path, progress: bool = True) -> None:
     model = graft.fit(data, backbone="minilm", strategy="auto", label_col="intent", test=test, out=out,
                       overwrite=True, progress=progress)  # fmt: skip
     report = model.report_
-    say(f"   strategy: {report.strategy['kind']} — {report.strategy['reason']}")
+    say(f"   strategy: {report.strategy['shipped']} — {report.strategy['shipped_reason']}")
     test = report.test
     base = test.baselines["majority"]
     say(f"3. held-out test set ({test.n} tickets never used for training or model choice):")

@@ -79,17 +79,23 @@ def run_image_demo(
     }
     say(f"3. transfer to digits 5-9 with {LABELS_PER_CLASS} labels per class, three ways ...")
     results: dict[str, Any] = {}
+    kept_probe: list[str] = []
     for name, (start, strategy, cfg) in runs.items():
         source = f"bundle:{out / 'pretrain'}" if start == "bundle" else "arch:small_cnn"
         model = graft.fit(data["transfer"], backbone=source, strategy=strategy, test=data["test"],
                           config=cfg, out=out / name.split(" (")[0].replace(" ", "-"), overwrite=True,
                           progress=progress)  # fmt: skip
         results[name] = model.report_.test
+        if model.report_.strategy["shipped"] != strategy:  # fine-tuning never beat its starting probe
+            kept_probe.append(name)
     say(f"\n   digits 5-9, {n_test} held-out test images, {LABELS_PER_CLASS} labels per class:")
     say(f"   {'':<30}{'accuracy':>9}  {'95% interval':<15}")
     for name, test in results.items():
         lo, hi = test.intervals["accuracy"]
-        say(f"   {name:<30}{test.metrics['accuracy']:>9.3f}  [{lo:.3f}, {hi:.3f}]")
+        mark = (
+            "  (kept the linear probe: fine-tuning never beat it on validation)" if name in kept_probe else ""
+        )
+        say(f"   {name:<30}{test.metrics['accuracy']:>9.3f}  [{lo:.3f}, {hi:.3f}]{mark}")
     majority = next(iter(results.values())).baselines["majority"]["accuracy"]
     say(f"   {'majority class':<30}{majority:>9.3f}")
     accuracy = {name: test.metrics["accuracy"] for name, test in results.items()}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -87,12 +88,18 @@ class Callback:
 
 
 class EpochShuffle(torch.utils.data.Sampler[int]):
-    """A permutation seeded by (seed, epoch): the same order whether a run was resumed or not."""
+    """A permutation seeded by (seed, epoch) alone: the same order whether a run was resumed or not,
+    in whichever process runs the epoch.
+
+    The epoch is set with :meth:`start_epoch`, deliberately not ``set_epoch``: Accelerate's prepared
+    DataLoader calls ``sampler.set_epoch(n)`` on every ``__iter__`` with its own counter of passes in
+    this process, which restarts at 0 in a resumed process and would replay epoch 0's order.
+    """
 
     def __init__(self, n: int, seed: int) -> None:
         self.n, self.seed, self.epoch = n, seed, 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def start_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
@@ -209,6 +216,7 @@ class Engine:
                 torch.set_rng_state(saved["rng"]["torch"])
                 if torch.cuda.is_available() and "cuda" in saved["rng"]:
                     torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+                self._say_resumed(history, sum(p.epochs for p in phases))
 
         sampler = EpochShuffle(len(train_set), cfg.seed)
         loading = {"num_workers": workers, "prefetch_factor": 4 if workers else None}
@@ -248,9 +256,12 @@ class Engine:
             if wrapped is None:
                 wrapped = accelerator.prepare(model)
             prepared_opt = accelerator.prepare(optimizer)
+            # Gradients left by earlier work (a probe fitted on the head, an earlier phase) must not
+            # leak into the first step: a resumed process would not have them.
+            prepared_opt.zero_grad(set_to_none=True)
             for epoch in range(first_epoch, phase.epochs):
                 global_epoch = len(history.epochs) + 1
-                sampler.set_epoch(global_epoch)
+                sampler.start_epoch(global_epoch)
                 t0 = time.perf_counter()
                 train_loss = self._train_epoch(
                     accelerator, wrapped, model, phase, prepared_opt, scheduler, train_loader, loss_fn,
@@ -341,13 +352,24 @@ class Engine:
         outputs, targets = torch.cat(outs), torch.cat(tgts)
         return float(loss_fn(outputs, targets)), float(metric_fn(outputs, targets))
 
-    def _report(self, record: EpochRecord, history: History) -> None:
+    def _say(self, message: str) -> None:
+        """A line of progress on stderr (stdout is kept for results, e.g. ``--json``)."""
         if not self.progress:
             return
         from tqdm.auto import tqdm
 
+        tqdm.write(message, file=sys.stderr)
+
+    def _say_resumed(self, history: History, total_epochs: int) -> None:
+        done = len(history.epochs)
+        best = f"best so far: epoch {history.best_epoch}, {self.metric} {history.best_metric:.4f}"
+        self._say(
+            f"resuming after epoch {done} of {total_epochs} from {self.checkpoint_dir / 'last'} ({best})"
+        )
+
+    def _report(self, record: EpochRecord, history: History) -> None:
         mark = " (best)" if record.best else ""
-        tqdm.write(
+        self._say(
             f"epoch {record.epoch} [{record.phase}] train loss {record.train_loss:.4f}  "
             f"val loss {record.val_loss:.4f}  val {self.metric} {record.val_metric:.4f}{mark}  "
             f"({record.seconds:.0f}s)"
@@ -459,7 +481,12 @@ def _load_optimizer_by_name(optimizer, groups, meta, tensors) -> None:
     position = 0
     for saved in saved_groups:
         n = len(saved["param_names"])
-        param_groups.append(dict(saved) | {"params": list(range(position, position + n))})
+        # JSON turned tuples (AdamW's betas) into lists: restore them, so that the resumed optimizer's
+        # settings equal the uninterrupted one's exactly.
+        restored = {
+            k: tuple(v) if isinstance(v, list) and k != "param_names" else v for k, v in saved.items()
+        }
+        param_groups.append(restored | {"params": list(range(position, position + n))})
         position += n
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
@@ -520,5 +547,6 @@ def fit_probe(
         if best is None or key > best[0]:
             best = (key, l2, {k: v.detach().clone() for k, v in module.state_dict().items()})
     module.load_state_dict(best[2])
+    module.zero_grad(set_to_none=True)
     module.eval()
     return ProbeResult(l2=best[1], val_metric=best[0][0], val_loss=-best[0][1], grid=table)

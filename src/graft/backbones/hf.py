@@ -152,7 +152,8 @@ class HFTextBackbone(Backbone):
         long = [t for t in examples if len(t.encode("utf-8")) > limit]
         if not long:
             return 0
-        ids = self.tokenizer(long, add_special_tokens=False, truncation=False)["input_ids"]
+        with _quiet_transformers():  # it warns that these texts exceed the limit: counting them is the point
+            ids = self.tokenizer(long, add_special_tokens=False, truncation=False)["input_ids"]
         return sum(len(x) > limit for x in ids)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,24 @@ from graft.errors import ConfigError
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".th", ".bin", ".ckpt")
 # Keys under which training scripts commonly nest the state dict.
 _NESTED = ("state_dict", "model_state_dict", "model", "module", "net", "network", "ema", "params")
+
+
+def _unreadable_weights(path: Path, exc: Exception) -> str:
+    """Why a weights file was refused, and the safe way on. torch's own message suggests
+    ``weights_only=False``, which would run whatever code the file carries: it is not repeated."""
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found is None and "Weights only load failed" not in text:
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        return f"{path}: not a readable PyTorch weights file ({first})"
+    what = f" (it references {found.group(1)})" if found else ""
+    return (
+        f"{path}: holds pickled Python objects besides tensors{what}; graft never unpickles them, since "
+        "unpickling can run any code. If you trust the file, convert it once to safetensors in Python: "
+        f"sd = torch.load({str(path)!r}, weights_only=False); sd = sd.get('state_dict', sd); "
+        "safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items() if torch.is_tensor(v)}, "
+        "'weights.safetensors') — then pass --weights weights.safetensors"
+    )
 
 
 def read_state_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -58,12 +77,7 @@ def read_state_file(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(
-                f"{path}: cannot be read as weights with torch.load(weights_only=True) ({first}). "
-                "graft never unpickles arbitrary objects; save a state_dict (torch.save(model.state_dict(), "
-                "f)) or a .safetensors file"
-            ) from None
+            raise ConfigError(_unreadable_weights(path, exc)) from None
     for _ in range(3):
         if isinstance(state, dict) and not any(torch.is_tensor(v) for v in state.values()):
             inner = next((state[k] for k in _NESTED if isinstance(state.get(k), dict)), None)

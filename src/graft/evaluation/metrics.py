@@ -39,6 +39,8 @@ class EvaluationResult:
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)
     confusion: dict[str, Any] = field(default_factory=dict)
     split: str = "test"
+    # rows or files of the evaluated data left out with skip_bad, each "where: why"
+    skipped: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +52,7 @@ class EvaluationResult:
             "baselines": self.baselines,
             "per_class": self.per_class,
             "confusion_matrix": self.confusion,
+            "skipped": self.skipped,
         }
 
     def headline(self) -> str:

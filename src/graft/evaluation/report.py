@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,9 @@ def _e(value: Any) -> str:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
+        # learning rates and L2 strengths (5e-05, 1e-05) must not print as 0.0000
+        if value != 0 and math.isfinite(value) and (abs(value) < 1e-3 or abs(value) >= 1e6):
+            return f"{value:.3g}"
         return f"{value:.4f}"
     return _e(value)
 
@@ -71,14 +75,35 @@ def _confusion_html(confusion: dict[str, Any]) -> str:
     return f"<table class='cm'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
+def _strategy_html(strategy: dict[str, Any]) -> str:
+    """What shipped and why; what was tried too when that differs (e.g. LP-FT keeping its probe)."""
+    kind = strategy.get("kind")
+    shipped = strategy.get("shipped", kind)
+    why = strategy.get("shipped_reason", strategy.get("reason", ""))
+    line = f"<p><b>Strategy shipped:</b> {_e(shipped)} — {_e(why)}</p>"
+    if shipped != kind:
+        line += f"<p class='note'>Trained: {_e(kind)} — {_e(strategy.get('reason', ''))}</p>"
+    return line
+
+
+def _skipped_html(skipped: list[str]) -> str:
+    if not skipped:
+        return ""
+    items = "".join(f"<li>{_e(item)}</li>" for item in skipped)
+    return (
+        f"<h3>Left out with --skip-bad ({len(skipped)})</h3>"
+        f"<p class='note'>These rows or files were not used for training or evaluation.</p><ul>{items}</ul>"
+    )
+
+
 def render_html(report: RunReport) -> str:
     parts = [f"<h1>graft report: {_e(report.task)} on {_e(report.backbone)}</h1>"]
-    strategy = report.strategy
-    if strategy:
-        parts.append(f"<p><b>Strategy:</b> {_e(strategy.get('kind'))} — {_e(strategy.get('reason', ''))}</p>")
+    if report.strategy:
+        parts.append(_strategy_html(report.strategy))
     if report.data:
         rows = [[k, v] for k, v in report.data.items() if not isinstance(v, dict | list)]
         parts.append("<h2>Data</h2>" + _table(["", ""], rows))
+        parts.append(_skipped_html(report.data.get("skipped") or []))
     test = report.test
     if test is not None:
         base = test.baselines.get("majority", {})
