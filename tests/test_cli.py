@@ -200,7 +200,7 @@ def test_report_names_the_strategy_that_shipped(tiny_source, sentiment_csv, tmp_
 
 def test_resumed_run_says_where_it_resumes(tiny_source, sentiment_csv, tmp_path, capsys):
     from graft.api import fit
-    from graft.cli import config_from_args
+    from graft.cli import build_parser, config_from_args
     from graft.engine import Callback
 
     class Stop(Callback):
@@ -208,7 +208,7 @@ def test_resumed_run_says_where_it_resumes(tiny_source, sentiment_csv, tmp_path,
             raise KeyboardInterrupt
 
     args = _fit_args(sentiment_csv, tiny_source, tmp_path / "run", *FINE_TUNE)
-    cfg = config_from_args(__import__("graft.cli").cli.build_parser().parse_args(args))
+    cfg = config_from_args(build_parser().parse_args(args))
     with pytest.raises(KeyboardInterrupt):
         fit(sentiment_csv, config=cfg, out=tmp_path / "run", progress=False, callbacks=[Stop()])
     assert main([*args, "--resume", "--overwrite"]) == 2

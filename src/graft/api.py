@@ -42,11 +42,11 @@ from graft.data import (
 )
 from graft.data.dataset import examples_fingerprint
 from graft.engine import Callback, Engine, fit_probe
-from graft.errors import ConfigError, ContractError
+from graft.errors import ContractError
 from graft.evaluation import SELECTION, EvaluationResult, RunReport, evaluate_predictions, fit_majority
 from graft.features import FeatureCache, extract_features
 from graft.heads import TaskModel, make_head
-from graft.runs import RunFolder, claim_run_folder
+from graft.runs import RunFolder, check_run_flags, claim_run_folder
 from graft.strategies import bind, plan_strategy
 
 # Training examples whose features fix a fine-tuned head's input standardisation.
@@ -390,10 +390,7 @@ def fit(
         text_col=text_col, path_col=path_col, label_col=label_col, label_regex=label_regex, weights=weights,
         val=val if isinstance(val, str | Path) else None, test=test if isinstance(test, str | Path) else None,
     )  # fmt: skip
-    if resume and overwrite:
-        raise ConfigError("--resume continues the run in --out and --overwrite replaces it; pass only one")
-    if resume and out is None:
-        raise ConfigError("resume needs the run folder: pass out=")
+    check_run_flags(out, resume=resume, overwrite=overwrite)
     run_data = _read_run_data(data, cfg, labels, val, test, given_backbone, progress)
     run_data.t_start = t_start
     if out is None:

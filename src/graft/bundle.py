@@ -186,12 +186,12 @@ def _manifest_changes(manifest: dict[str, Any]) -> list[str]:
 def _file_problems(folder: Path, files: Any) -> list[str]:
     if not isinstance(files, dict) or WEIGHTS not in files:
         return [f"{MANIFEST}: the list of files is missing or does not name {WEIGHTS}"]
-    problems = [f"{name}: not a plain path inside the bundle" for name in files if not _safe_name(name)]
+    problems = []
     for name, expected in files.items():
         file = folder / name
         if not _safe_name(name):
-            continue
-        if not file.is_file():
+            problems.append(f"{name}: not a plain path inside the bundle")
+        elif not file.is_file():
             problems.append(f"{name} is missing")
         elif sha256_file(file) != expected:
             problems.append(f"{name} was modified after saving (sha256 mismatch)")

@@ -88,8 +88,7 @@ def claim_run_folder(
             ``resume``/``overwrite``), holds a run with other settings or data, or has a broken
             record; each message says how to go on.
     """
-    if resume and overwrite:
-        raise ConfigError("--resume continues the run in --out and --overwrite replaces it; pass only one")
+    check_run_flags(out, resume=resume, overwrite=overwrite)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(folder):
@@ -104,6 +103,14 @@ def claim_run_folder(
             run.resumed = record is not None
             run.write_record(cfg, "running", fingerprint)
         yield run
+
+
+def check_run_flags(out: str | Path | None, *, resume: bool, overwrite: bool) -> None:
+    """Refuse contradictory run-folder flags (cheap: callers check before reading any data)."""
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite replaces it; pass only one")
+    if resume and out is None:
+        raise ConfigError("resume needs the run folder: pass out=")
 
 
 def _earlier_record(folder: Path, cfg: RunConfig, fingerprint: str, resume: bool) -> dict[str, Any] | None:
