@@ -1,0 +1,463 @@
+"""The linear probe: a head's linear layer solved exactly on cached features, its L2 chosen by k-fold CV.
+
+A frozen backbone's features fit in memory, so the head's convex problem is solved with
+scikit-learn's solvers rather than by gradient steps: multinomial logistic regression (multiclass),
+one binary logistic regression per label (multilabel), ridge on standardised targets (regression).
+Each L2 strength is scored by stratified k-fold cross-validation (or on one validation split), and
+the fits along the grid are warm-started from the previous, stronger one, so the whole grid costs
+little more than one fit.
+
+``l2`` always means the same thing as in the head: the problem solved is
+``head.loss(head(x), y) + 0.5 * l2 * ||W||^2`` on standardised features, with ``W`` the head's
+weight matrix (biases are not penalised). The scikit-learn settings that give exactly that problem
+are derived per task in :class:`_Solver`.
+
+Example:
+    >>> import torch
+    >>> from graft.heads import make_head
+    >>> _ = torch.manual_seed(0)
+    >>> x, y = torch.randn(40, 8), torch.arange(40) % 2
+    >>> x[:, 0] += 3 * y
+    >>> selection = select_l2("multiclass", x, y, folds=stratified_folds("multiclass", y, k=5, seed=0))
+    >>> head = make_head("multiclass", in_dim=8, n_outputs=2)
+    >>> fit_linear_head(head, x, y, selection.l2)
+    >>> float((head(x).argmax(1) == y).float().mean()) > 0.9
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from graft.errors import ConfigError, DataError, GraftWarning
+
+# Strong -> weak; the values of the earlier torch L-BFGS probe, so recorded choices stay comparable.
+L2_GRID: tuple[float, ...] = (1.0, 3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 1e-5)
+# Regression targets are cut into at most this many quantile bins to stratify the folds.
+REGRESSION_BINS = 10
+# The solvers stop when no gradient entry of the mean objective exceeds this. Selection and the
+# final fit share it, so the scores describe the model that ships: at 1e-4 the weak end of the grid
+# stopped early enough to score up to half a point differently, and a cold 10k x 77 fit lost a point
+# of test accuracy; 1e-6 took 1.75x the time of 1e-5 for no accuracy (benchmarks/probe_speed.py data).
+_TOL = 1e-5
+# Per fit: selection fits continue from the previous grid value, so each needs few iterations.
+_SELECT_MAX_ITER, _FINAL_MAX_ITER = 200, 1000
+# A class (or label value) absent from the training data has an optimum at -inf (or +inf) logit;
+# this finite stand-in gives it a probability of about 2e-9 and keeps every output finite.
+_ABSENT_LOGIT = 20.0
+
+
+@dataclass
+class ProbeSelection:
+    """The L2 strength chosen for a linear probe, and the evidence for it.
+
+    Attributes:
+        l2: the chosen per-example L2 strength.
+        score: its mean selection metric over the folds (or on the validation split).
+        how: how it was measured, in words ("5-fold cross-validation over 48 examples").
+        table: one row per grid value: ``{"l2", "score", "score_std"}`` (std over folds; 0 for one).
+    """
+
+    l2: float
+    score: float
+    how: str
+    table: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"l2": self.l2, "score": self.score, "how": self.how, "table": self.table}
+
+
+def fit_linear_head(
+    head: torch.nn.Module,
+    x: torch.Tensor,
+    y: Any,
+    l2: float,
+    *,
+    tol: float = _TOL,
+    max_iter: int = _FINAL_MAX_ITER,
+) -> None:
+    """Solve the head's linear layer on features ``x`` at L2 strength ``l2``, in place.
+
+    Sets the head's input statistics from ``x`` (and, for regression, its target statistics from
+    ``y``), solves ``head.loss + 0.5 * l2 * ||W||^2`` on the standardised features with
+    scikit-learn, and copies the solution into ``head.linear``. The head is left in eval mode with no
+    gradients; ``requires_grad`` is untouched.
+
+    Args:
+        head: a :class:`graft.heads.Head` (multiclass, multilabel or regression).
+        x: features ``[n, in_dim]``.
+        y: class indices ``[n]``, a 0/1 matrix ``[n, labels]``, or values ``[n]``.
+        l2: per-example L2 strength (> 0), e.g. :attr:`ProbeSelection.l2`.
+        tol: the solver's stopping tolerance.
+        max_iter: the solver's iteration cap; reaching it warns with :class:`GraftWarning`.
+
+    Raises:
+        DataError: shapes disagree, a class index is out of range, or fewer than two classes occur.
+
+    Example:
+        >>> from graft.heads import make_head
+        >>> head = make_head("regression", in_dim=3, n_outputs=1)
+        >>> x = torch.randn(20, 3)
+        >>> fit_linear_head(head, x, 5 * x[:, 0] + 1, l2=1e-4)
+        >>> torch.allclose(head.activate(head(x)), 5 * x[:, 0] + 1, atol=0.01)
+        True
+    """
+    task = head.task
+    _check_l2([l2])
+    x = torch.as_tensor(x).detach()
+    y_np = _targets(task, y, len(x), head.linear.out_features)
+    _check_features(x, head.linear.in_features)
+    stats_device = head.input_mean.device
+    head.set_input_stats(x.to(stats_device))
+    if task == "regression":
+        head.set_target_stats(torch.as_tensor(y_np, device=stats_device))
+    with torch.no_grad():
+        xs = ((x.to(stats_device).float() - head.input_mean) / head.input_scale).double().cpu().numpy()
+    if task == "regression":
+        y_np = (y_np - float(head.target_mean)) / float(head.target_scale)
+    solver = _Solver(task, head.linear.out_features, tol=tol, max_iter=max_iter)
+    with _one_blas_thread():
+        solver.fit(xs, y_np, l2)
+    if solver.capped:
+        warnings.warn(
+            f"linear probe: the solver stopped at its cap of {max_iter} iterations before converging "
+            f"(l2={l2:g}); the head is usable but not the exact optimum. A larger max_iter or l2 fixes it.",
+            GraftWarning,
+            stacklevel=2,
+        )
+    weight = head.linear.weight
+    with torch.no_grad():
+        weight.copy_(torch.as_tensor(solver.weight, dtype=weight.dtype))
+        head.linear.bias.copy_(torch.as_tensor(solver.bias, dtype=weight.dtype))
+    head.zero_grad(set_to_none=True)
+    head.eval()
+
+
+def select_l2(
+    task: str,
+    x: torch.Tensor,
+    y: Any,
+    *,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    grid: Sequence[float] = L2_GRID,
+    progress: bool = False,
+) -> ProbeSelection:
+    """Score every L2 strength on every fold; the best mean score wins, ties going to the stronger L2.
+
+    Each fold is standardised with its own training part's statistics, fitted along ``grid``
+    (warm-started from the previous value, so pass the grid strong -> weak), and scored with
+    :func:`graft.evaluation.selection_score` on its validation part. One fold is plain hold-out
+    validation.
+
+    Args:
+        task: "multiclass", "multilabel" or "regression".
+        x: features ``[n, dim]`` of every example the folds index.
+        y: targets, as for :func:`fit_linear_head`.
+        folds: ``(train_idx, val_idx)`` pairs, e.g. from :func:`stratified_folds`.
+        grid: candidate per-example L2 strengths (> 0).
+        progress: show a progress bar.
+
+    Example:
+        >>> x, y = torch.randn(60, 4), torch.arange(60) % 3
+        >>> x[:, 0] += 2 * y
+        >>> sel = select_l2("multiclass", x, y, folds=stratified_folds("multiclass", y, k=3, seed=0))
+        >>> sel.how, len(sel.table) == len(L2_GRID)
+        ('3-fold cross-validation over 60 examples', True)
+    """
+    from tqdm.auto import tqdm
+
+    _check_task(task)
+    grid = [float(v) for v in grid]
+    _check_l2(grid)
+    if not folds:
+        raise ConfigError("select_l2 needs at least one (train_idx, val_idx) fold")
+    x_np = torch.as_tensor(x).detach().cpu().double().numpy()
+    n_outputs = _n_outputs(task, y)
+    y_np = _targets(task, y, len(x_np), n_outputs)
+    scores = np.empty((len(folds), len(grid)))
+    with (
+        tqdm(total=scores.size, desc="choosing L2", disable=not progress, unit="fit") as bar,
+        _one_blas_thread(),
+    ):
+        for f, (train_idx, val_idx) in enumerate(folds):
+            scores[f] = _fold_scores(task, n_outputs, x_np, y_np, train_idx, val_idx, grid, bar)
+    means, stds = scores.mean(0), scores.std(0)
+    best = max(means)
+    # ties (to rounding) go to the strongest L2: the simpler model, at no measured cost
+    chosen = max((g for g in range(len(grid)) if means[g] >= best - 1e-12), key=lambda g: grid[g])
+    if len(folds) == 1:
+        how = f"validation split ({len(folds[0][1])})"
+    else:
+        covered = len(np.unique(np.concatenate([np.asarray(v) for _, v in folds])))
+        how = f"{len(folds)}-fold cross-validation over {covered} examples"
+    table = [
+        {"l2": l2, "score": float(m), "score_std": float(s)}
+        for l2, m, s in zip(grid, means, stds, strict=True)
+    ]
+    return ProbeSelection(l2=grid[chosen], score=float(means[chosen]), how=how, table=table)
+
+
+def _fold_scores(
+    task: str,
+    n_outputs: int,
+    x: np.ndarray,
+    y: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    grid: list[float],
+    bar: Any,
+) -> np.ndarray:
+    """The selection score of each grid value on one fold, fitted along the grid with warm starts."""
+    from graft.evaluation import selection_score
+
+    train_x, val_x = x[train_idx], x[val_idx]
+    mean, scale = train_x.mean(0), np.clip(train_x.std(0), 1e-6, None)
+    train_x, val_x = (train_x - mean) / scale, (val_x - mean) / scale
+    train_y, val_y = y[train_idx], y[val_idx]
+    y_mean, y_scale = 0.0, 1.0
+    if task == "regression":
+        y_mean, y_scale = float(train_y.mean()), max(float(train_y.std()), 1e-6)
+        train_y = (train_y - y_mean) / y_scale
+    solver = _Solver(task, n_outputs, tol=_TOL, max_iter=_SELECT_MAX_ITER, warm_start=True)
+    scores = np.empty(len(grid))
+    previous: np.ndarray | None = None
+    for g, l2 in enumerate(grid):
+        # a capped fit is acceptable here: the next, weaker one carries on from it
+        solver.fit(train_x, train_y, l2)
+        logits = val_x @ solver.weight.T + solver.bias
+        if task == "multiclass":
+            predicted = logits.argmax(1)
+        elif task == "multilabel":
+            predicted = (logits > 0).astype(np.float32)
+        else:
+            predicted = logits[:, 0] * y_scale + y_mean
+        if previous is not None and task != "regression" and np.array_equal(predicted, previous):
+            # neighbouring L2 values often predict the same classes; the score is milliseconds each
+            scores[g] = scores[g - 1]
+        else:
+            scores[g] = selection_score(task, val_y, predicted)
+        previous = predicted
+        bar.update(1)
+    return scores
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread while the probe solves. On a 2-core machine shared with other work,
+    OpenBLAS's spinning threads made a 10,000 x 384 x 77 fit 4.5x slower and the 100-example
+    selection 3-10x slower than one thread did (benchmarks/probe_speed.py)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def stratified_folds(
+    task: str,
+    y: Any,
+    k: int,
+    seed: int,
+    *,
+    label_space: Sequence[Any] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` disjoint validation folds covering every example, each with its training complement.
+
+    Multiclass folds keep the class proportions; regression folds keep the proportions of the
+    target's quantile bins; multilabel folds are plain shuffled k-fold. ``k`` is lowered to the
+    smallest class count (never below 2) so that every class appears in every fold's training part.
+
+    Args:
+        task: "multiclass", "multilabel" or "regression".
+        y: targets, as for :func:`fit_linear_head`.
+        k: the number of folds wanted (>= 2).
+        seed: the shuffling seed; the same seed gives the same folds.
+        label_space: class names, used only to name a class in an error.
+
+    Raises:
+        ConfigError: ``k`` < 2.
+        DataError: fewer than two examples, or a class with fewer than two examples (named).
+
+    Example:
+        >>> folds = stratified_folds("multiclass", np.array([0, 0, 0, 1, 1, 1]), k=5, seed=0)
+        >>> len(folds), sorted(np.concatenate([val for _, val in folds]).tolist())
+        (3, [0, 1, 2, 3, 4, 5])
+    """
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    _check_task(task)
+    if k < 2:
+        raise ConfigError(f"cross-validation needs k >= 2 folds, got k={k}")
+    y_np = _numpy(y)
+    n = len(y_np)
+    if n < 2:
+        raise DataError(f"cross-validation needs at least 2 examples, got {n}")
+    if task == "multiclass":
+        classes, counts = np.unique(y_np, return_counts=True)
+        rare = [(c, m) for c, m in zip(classes.tolist(), counts.tolist(), strict=True) if m < 2]
+        if rare:
+            names = ", ".join(
+                f"{label_space[c]!r} ({m} example)" if label_space is not None else f"class {c} ({m} example)"
+                for c, m in rare
+            )
+            raise DataError(
+                f"cross-validation needs at least 2 examples of every class; too few: {names}. "
+                "Add examples of these classes or remove them from the data."
+            )
+        k = max(2, min(k, int(counts.min())))
+        strata = y_np
+    elif task == "regression":
+        k = min(k, n)
+        bins = max(1, min(REGRESSION_BINS, n // k))
+        # bins by rank, not by value: tied targets still spread evenly over the bins
+        ranks = np.argsort(np.argsort(y_np.ravel(), kind="stable"), kind="stable")
+        strata = ranks * bins // n
+    else:
+        k = min(k, n)
+        splitter = KFold(n_splits=k, shuffle=True, random_state=seed)
+        return [(tr, va) for tr, va in splitter.split(np.zeros(n))]
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(tr, va) for tr, va in splitter.split(np.zeros(n), strata)]
+
+
+class _Solver:
+    """One task's L2-regularised linear problem on standardised features, in the head's layout.
+
+    ``weight`` ``[n_outputs, dim]`` and ``bias`` ``[n_outputs]`` hold the last solution. The
+    scikit-learn ``C`` (or ``alpha``) for a given ``l2`` reproduces ``head.loss + 0.5 * l2 * ||W||^2``:
+
+    * multiclass, 3+ classes: multinomial logistic regression minimises
+      ``mean CE + ||W||^2 / (2 C n)``, so ``C = 1 / (l2 n)``;
+    * multiclass, 2 classes: scikit-learn fits one row ``w``; the head's two rows at the optimum are
+      ``-w/2, +w/2`` (same logit difference, smallest norm), whose penalty is half of ``||w||^2``, so
+      ``C = 2 / (l2 n)``;
+    * multilabel: the head's loss averages over labels too, so each label's regression gets
+      ``C = 1 / (l2 n L)``;
+    * regression: the head's loss is the mean squared error (no 1/2), ridge minimises
+      ``||r||^2 + alpha ||w||^2``, so ``alpha = l2 n / 2``.
+    """
+
+    def __init__(
+        self, task: str, n_outputs: int, *, tol: float, max_iter: int, warm_start: bool = False
+    ) -> None:
+        _check_task(task)
+        self.task, self.n_outputs = task, n_outputs
+        self.tol, self.max_iter, self.warm_start = tol, max_iter, warm_start
+        self._models: dict[Any, Any] = {}
+        self.capped = False
+        self.weight = np.zeros((n_outputs, 0))
+        self.bias = np.zeros(n_outputs)
+
+    def fit(self, xs: np.ndarray, y: np.ndarray, l2: float) -> None:
+        """Solve at ``l2``; ``capped`` tells whether a solver stopped at ``max_iter``."""
+        from sklearn.exceptions import ConvergenceWarning
+
+        self.capped = False
+        with warnings.catch_warnings():
+            # reported once, in graft's words, by the caller that cares (see ``capped``)
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self._fit(xs, y, l2)
+
+    def _fit(self, xs: np.ndarray, y: np.ndarray, l2: float) -> None:
+        n, dim = xs.shape
+        self.weight = np.zeros((self.n_outputs, dim))
+        self.bias = np.zeros(self.n_outputs)
+        if self.task == "regression":
+            from sklearn.linear_model import Ridge
+
+            model = Ridge(alpha=0.5 * l2 * n).fit(xs, y.ravel())
+            self.weight[0], self.bias[0] = model.coef_, model.intercept_
+        elif self.task == "multiclass":
+            self._fit_multiclass(xs, y, l2)
+        else:
+            for j in range(self.n_outputs):
+                column = y[:, j]
+                if column.min() == column.max():
+                    self.bias[j] = _ABSENT_LOGIT if column[0] > 0.5 else -_ABSENT_LOGIT
+                    continue
+                model = self._logistic(j, xs, column.astype(int), C=1.0 / (l2 * n * self.n_outputs))
+                self.weight[j], self.bias[j] = model.coef_[0], model.intercept_[0]
+
+    def _fit_multiclass(self, xs: np.ndarray, y: np.ndarray, l2: float) -> None:
+        n = len(y)
+        present = np.unique(y)
+        if len(present) < 2:
+            raise DataError(
+                f"a linear probe needs examples of at least 2 classes; the training data has only class "
+                f"{present.tolist()}"
+            )
+        if len(present) == 2:
+            model = self._logistic("binary", xs, y, C=2.0 / (l2 * n))
+            w, b = model.coef_[0], model.intercept_[0]
+            self.weight[present] = np.stack([-w / 2, w / 2])
+            self.bias[present] = [-b / 2, b / 2]
+        else:
+            model = self._logistic("multinomial", xs, y, C=1.0 / (l2 * n))
+            self.weight[model.classes_], self.bias[model.classes_] = model.coef_, model.intercept_
+        absent = np.setdiff1d(np.arange(self.n_outputs), present)
+        self.bias[absent] = self.bias[present].min() - _ABSENT_LOGIT
+
+    def _logistic(self, key: Any, xs: np.ndarray, y: np.ndarray, *, C: float) -> Any:
+        """Fit the logistic regression stored under ``key`` (warm-started when it exists)."""
+        from sklearn.linear_model import LogisticRegression
+
+        model = self._models.get(key)
+        if model is None:
+            model = LogisticRegression(tol=self.tol, max_iter=self.max_iter, warm_start=self.warm_start)
+            self._models[key] = model
+        model.set_params(C=C).fit(xs, y)
+        self.capped = self.capped or int(np.max(model.n_iter_)) >= self.max_iter
+        return model
+
+
+def _numpy(values: Any) -> np.ndarray:
+    return np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values)
+
+
+def _n_outputs(task: str, y: Any) -> int:
+    y_np = _numpy(y)
+    if task == "multiclass":
+        return int(y_np.max()) + 1 if y_np.size else 0
+    if task == "multilabel":
+        return y_np.shape[1] if y_np.ndim == 2 else 0
+    return 1
+
+
+def _targets(task: str, y: Any, n: int, n_outputs: int) -> np.ndarray:
+    """``y`` as numpy, checked against the number of examples and the head's outputs."""
+    y_np = _numpy(y)
+    if len(y_np) != n:
+        raise DataError(f"{n} feature rows but {len(y_np)} targets")
+    if task == "multiclass":
+        if y_np.ndim != 1 or (y_np.size and (y_np.min() < 0 or y_np.max() >= n_outputs)):
+            raise DataError(f"multiclass targets must be class indices in [0, {n_outputs}), one per example")
+        return y_np.astype(np.int64)
+    if task == "multilabel":
+        if y_np.ndim != 2 or y_np.shape[1] != n_outputs:
+            raise DataError(f"multilabel targets must be a 0/1 matrix [n, {n_outputs}], got {y_np.shape}")
+        return y_np.astype(np.float64)
+    return y_np.astype(np.float64).reshape(n)
+
+
+def _check_features(x: torch.Tensor, in_dim: int) -> None:
+    if x.ndim != 2 or x.shape[1] != in_dim:
+        raise DataError(f"features must be [n, {in_dim}] for this head, got {tuple(x.shape)}")
+
+
+def _check_task(task: str) -> None:
+    if task not in ("multiclass", "multilabel", "regression"):
+        raise ConfigError(f"unknown task {task!r}; expected multiclass, multilabel or regression")
+
+
+def _check_l2(values: Sequence[float]) -> None:
+    if not values:
+        raise ConfigError("the L2 grid is empty")
+    bad = [v for v in values if not v > 0]
+    if bad:
+        raise ConfigError(f"L2 strengths must be > 0, got {bad}")
