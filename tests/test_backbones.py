@@ -11,7 +11,8 @@ from graft.errors import ConfigError, ContractError
 
 
 def test_registry_lists_and_matches():
-    assert [s.name for s in list_backbones()] == ["arch", "bundle", "hf", "minilm", "timm", "torchvision"]
+    names = ["arch", "bundle", "hf", "minilm", "mpnet", "timm", "torchvision"]
+    assert [s.name for s in list_backbones()] == names
     assert [s.name for s in list_backbones("mini*")] == ["minilm"]
 
 

@@ -7,7 +7,7 @@ backbones costs nothing, and :func:`source_modality` tells a source's input type
 
 Example:
     >>> [s.name for s in list_backbones()]
-    ['arch', 'bundle', 'hf', 'minilm', 'timm', 'torchvision']
+    ['arch', 'bundle', 'hf', 'minilm', 'mpnet', 'timm', 'torchvision']
     >>> create_backbone("minlm")
     Traceback (most recent call last):
     ...
@@ -155,6 +155,20 @@ def _minilm(argument: str | None, options: dict[str, Any]) -> Backbone:
     return load_hf_text(str(minilm_path()), source="minilm", max_length=options.get("max_length"))
 
 
+def _mpnet(argument: str | None, options: dict[str, Any]) -> Backbone:
+    from graft.backbones.fetch import MPNET, fetched_path
+    from graft.backbones.hf import load_hf_text
+
+    return load_hf_text(str(fetched_path(MPNET)), source="mpnet", max_length=options.get("max_length"))
+
+
+def _mpnet_modality(argument: str) -> str:
+    from graft.backbones.fetch import MPNET, fetched_path
+
+    fetched_path(MPNET)  # not fetched yet: say how, before any work
+    return "text"
+
+
 def _hf(argument: str | None, options: dict[str, Any]) -> Backbone:
     from graft.backbones.hf import hf_modality, load_hf_text
 
@@ -231,6 +245,14 @@ register_backbone(
     _minilm,
     modality="text",
     description="sentence-transformers/all-MiniLM-L6-v2, packaged (6 layers, 384-d sentence embeddings)",
+)
+register_backbone(
+    "mpnet",
+    _mpnet,
+    modality="text",
+    description="sentence-transformers/all-mpnet-base-v2 (12 layers, 768-d sentence embeddings); "
+    "once: graft fetch mpnet",
+    modality_of=_mpnet_modality,
 )
 register_backbone(
     "hf",
