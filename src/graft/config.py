@@ -21,7 +21,10 @@ from typing import Any, Literal
 from graft.errors import ConfigError
 
 TaskKind = Literal["auto", "multiclass", "multilabel", "regression"]
-StrategyKind = Literal["auto", "linear_probe", "partial", "full"]
+StrategyKind = Literal[
+    "auto", "linear_probe", "contrastive", "bitfit", "lora", "partial", "gradual", "full"
+]  # fmt: skip
+Refit = Literal["train", "all"]
 Precision = Literal["auto", "no", "fp16", "bf16"]
 Augment = Literal["auto", "none", "crop", "crop_flip"]
 
@@ -37,6 +40,16 @@ def _help(text: str, flag: str | None = None, **extra: Any) -> dict[str, Any]:
 def _check_fraction(name: str, value: float, low: float = 0.0, high: float = 0.9) -> None:
     if not (low <= value <= high):
         raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90s``, ``10m``, ``1.5h`` or a bare number of seconds."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(f"budget {text!r} is not a duration; write e.g. 90s, 10m or 2h")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,21 @@ class DataConfig:
         default=0.15, metadata=_help("fraction of the training data held out for validation")
     )
     test_fraction: float = field(default=0.2, metadata=_help("fraction of the data held out for testing"))
+    folds: int = field(
+        default=5,
+        metadata=_help(
+            "k of the stratified k-fold cross-validation that chooses settings on small training sets "
+            "(up to 2,000 examples without --val); larger sets hold out --val-fraction instead"
+        ),
+    )
+    refit: Refit = field(
+        default="train",
+        metadata=_help(
+            "what the shipped model trains on once settings are chosen: train = every training example "
+            "(never the held-out test split); all = the test split too (the report's test numbers then "
+            "describe the same recipe trained without those rows)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         _check_fraction("val_fraction", self.val_fraction, 0.01)
@@ -102,6 +130,8 @@ class DataConfig:
                 f"val_fraction + test_fraction must leave data to train on; got "
                 f"{self.val_fraction} + {self.test_fraction}"
             )
+        if self.folds < 2:
+            raise ConfigError(f"folds must be >= 2, got {self.folds}")
         if self.label_sep == "":
             raise ConfigError("label_sep must not be empty; leave it unset for single-label data")
         if self.label_sep is not None and self.task not in ("auto", "multilabel"):
@@ -160,8 +190,11 @@ class StrategyConfig:
     kind: StrategyKind = field(
         default="auto",
         metadata=_help(
-            "linear_probe (frozen backbone, cached features), partial (top layer groups + head), "
-            "full, or auto (chosen from examples per class)",
+            "auto (the plausible strategies scored by cross-validation within --budget; the best is "
+            "kept), linear_probe (frozen backbone, cached features), contrastive (embedding body tuned "
+            "with a supervised contrastive loss, then a probe), bitfit (biases only), lora (low-rank "
+            "adapters), partial (top layer groups), gradual (unfreezes one more group per epoch), full; "
+            "see docs/strategies.md",
             flag="--strategy",
         ),
     )
@@ -187,7 +220,35 @@ class StrategyConfig:
         ),
     )
 
+    budget: str = field(
+        default="10m",
+        metadata=_help(
+            "wall-clock budget for auto's choice and the final training, e.g. 90s, 10m, 2h; candidates "
+            "whose expected cost does not fit are skipped (and said so)"
+        ),
+    )
+    contrastive_steps: int = field(
+        default=40,
+        metadata=_help(
+            "for contrastive: length of the tuning schedule in steps; cross-validation keeps 0, 1/8, 1/4, "
+            "1/2 or all of them"
+        ),
+    )
+    lora_rank: int = field(default=8, metadata=_help("for lora: rank of the adapters"))
+    lora_alpha: float = field(
+        default=16.0, metadata=_help("for lora: adapter scaling numerator (alpha/rank)")
+    )
+
+    @property
+    def budget_seconds(self) -> float:
+        return parse_duration(self.budget)
+
     def __post_init__(self) -> None:
+        parse_duration(self.budget)
+        if self.contrastive_steps < 1:
+            raise ConfigError(f"contrastive_steps must be >= 1, got {self.contrastive_steps}")
+        if self.lora_rank < 1:
+            raise ConfigError(f"lora_rank must be >= 1, got {self.lora_rank}")
         if self.unfreeze_top is not None:
             if self.kind not in ("partial", "auto"):
                 raise ConfigError(f"unfreeze_top applies to the partial strategy, not {self.kind!r}")

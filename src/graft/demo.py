@@ -204,11 +204,18 @@ def run_demo(out: Path, progress: bool = True) -> None:
     test = write_tickets(out / "data" / "tickets_test.csv", "test", per_intent=10)
     say(f"1. wrote a support-ticket dataset: {data} ({len(INTENTS)} intents x 40 tickets)")
     say(f"   and a test file of unseen phrasings: {test} ({len(INTENTS)} x 10)")
-    say("2. fitting the packaged all-MiniLM-L6-v2 with --strategy auto ...")
-    model = graft.fit(data, backbone="minilm", strategy="auto", label_col="intent", test=test, out=out,
+    say("2. fitting the packaged all-MiniLM-L6-v2 with --strategy auto --budget 1m ...")
+    from graft.config import RunConfig, StrategyConfig
+
+    quick = RunConfig(strategy=StrategyConfig(kind="auto", budget="1m"))  # a demo, not a benchmark
+    model = graft.fit(data, backbone="minilm", config=quick, label_col="intent", test=test, out=out,
                       overwrite=True, progress=progress)  # fmt: skip
     report = model.report_
     say(f"   strategy: {report.strategy['shipped']} — {report.strategy['shipped_reason']}")
+    for row in report.strategy["candidates"]:  # every candidate auto considered, with its evidence
+        score = f"{row['score']:.3f} in {row['seconds']:.0f}s" if row.get("score") is not None else ""
+        status = "" if row["status"] == "scored" else row["status"]
+        say(f"     {row['strategy']:<13} {score:<16} {status}".rstrip())
     test = report.test
     base = test.baselines["majority"]
     say(f"3. held-out test set ({test.n} tickets never used for training or model choice):")

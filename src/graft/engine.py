@@ -16,7 +16,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -68,7 +68,7 @@ class History:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["best_metric"] = None if math.isinf(self.best_metric) else self.best_metric
+        data["best_metric"] = self.best_metric if math.isfinite(self.best_metric) else None
         return data
 
     @classmethod
@@ -121,11 +121,15 @@ def resolve_precision(requested: str) -> str:
 
 def make_accelerator(precision: str, grad_accum: int):
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
+    # Frozen groups and outputs the loss does not use (a pooler) get no gradient: DDP must expect that.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     try:
         return Accelerator(
-            mixed_precision=resolve_precision(precision), gradient_accumulation_steps=grad_accum
-        )
+            mixed_precision=resolve_precision(precision), gradient_accumulation_steps=grad_accum,
+            kwargs_handlers=[ddp],
+        )  # fmt: skip
     except ValueError as exc:
         if "already been initialized" in str(exc):
             raise ConfigError(
@@ -135,10 +139,13 @@ def make_accelerator(precision: str, grad_accum: int):
         raise
 
 
-def _schedule(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+def _schedule(total_steps: int, warmup_ratio: float, offset: int = 0) -> Callable[[int], float]:
+    """Linear warm-up then linear decay over ``total_steps``; a phase starting ``offset`` steps into
+    the run continues the curve where the previous phase left it."""
     warmup = int(total_steps * warmup_ratio)
 
-    def factor(step: int) -> float:
+    def factor(local_step: int) -> float:
+        step = local_step + offset
         if warmup and step < warmup:
             return (step + 1) / warmup
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
@@ -178,7 +185,7 @@ class Engine:
         model: nn.Module,
         phases: Sequence[EnginePhase],
         train_set: torch.utils.data.Dataset,
-        val_set: torch.utils.data.Dataset,
+        val_set: torch.utils.data.Dataset | None,
         *,
         collate: Callable[[list[Any]], tuple[Any, torch.Tensor]],
         loss_fn: LossFn,
@@ -187,6 +194,7 @@ class Engine:
         val_collate: Callable[[list[Any]], tuple[Any, torch.Tensor]] | None = None,
         workers: int = 0,
         initial_metric: float | None = None,
+        max_epochs: int | None = None,
     ) -> History:
         """Train ``model`` in place; on return it holds the best weights seen on validation.
 
@@ -196,7 +204,11 @@ class Engine:
         seeds derive from the main generator each epoch, so a resumed run augments as an
         uninterrupted one would. ``initial_metric``: the validation metric of the model as given
         (e.g. a probe-initialised head); training must beat it, else the starting weights are kept
-        (reported as best epoch 0).
+        (reported as best epoch 0). ``max_epochs`` stops after that many epochs in all, with the
+        learning-rate schedule of the full run (a refit with the epoch count chosen by cross-validation
+        follows the same curve as the folds did). Without ``val_set`` (a refit on every labeled example,
+        with the number of epochs chosen beforehand) every phase runs all its epochs and the last weights
+        are kept.
         """
         cfg = self.config
         accelerator = make_accelerator(cfg.mixed_precision, cfg.grad_accum)
@@ -223,15 +235,19 @@ class Engine:
         train_loader = torch.utils.data.DataLoader(
             train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, **loading
         )
-        val_loader = torch.utils.data.DataLoader(
-            val_set, batch_size=cfg.batch_size * 2, collate_fn=val_collate or collate, **loading
-        )
-        train_loader, val_loader = accelerator.prepare(train_loader, val_loader)
+        train_loader = accelerator.prepare(train_loader)
+        val_loader = None
+        if val_set is not None:
+            val_loader = accelerator.prepare(
+                torch.utils.data.DataLoader(
+                    val_set, batch_size=cfg.batch_size * 2, collate_fn=val_collate or collate, **loading
+                )
+            )
         best_state = self._best_state_from_disk() if saved is not None else None
-        if saved is None and initial_metric is not None:
+        if saved is None and initial_metric is not None and val_loader is not None:
             history.best_metric, history.best_epoch = initial_metric, 0
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            if self.checkpoint_dir is not None:
+            if self.checkpoint_dir is not None and accelerator.is_main_process:
                 self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
                 save_tensors(best_state, self.checkpoint_dir / "best.safetensors.tmp")
                 (self.checkpoint_dir / "best.safetensors.tmp").replace(
@@ -242,24 +258,33 @@ class Engine:
         for pi, phase in enumerate(phases):
             if pi < start_phase:
                 continue
+            if max_epochs is not None and len(history.epochs) >= max_epochs:
+                break
             phase.enter(model)
             groups = phase.param_groups(model)
             optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            # One schedule over every phase: a group unfrozen in a later phase joins at the current
+            # rate, and the rate continues across the unfreeze instead of warming up again.
             steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
+            done_before = steps_per_epoch * sum(p.epochs for p in phases[:pi])
+            total_steps = steps_per_epoch * sum(p.epochs for p in phases)
             scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, _schedule(steps_per_epoch * phase.epochs, cfg.warmup_ratio)
+                optimizer, _schedule(total_steps, cfg.warmup_ratio, offset=done_before)
             )
             first_epoch = 0
             if saved is not None and pi == start_phase:
                 _restore_optimizer(optimizer, scheduler, groups, saved)
                 first_epoch = start_epoch
-            if wrapped is None:
+            if wrapped is None or accelerator.num_processes > 1:
+                # DDP records the trainable parameters when it wraps: wrap again after an unfreeze
                 wrapped = accelerator.prepare(model)
             prepared_opt = accelerator.prepare(optimizer)
             # Gradients left by earlier work (a probe fitted on the head, an earlier phase) must not
             # leak into the first step: a resumed process would not have them.
             prepared_opt.zero_grad(set_to_none=True)
             for epoch in range(first_epoch, phase.epochs):
+                if max_epochs is not None and len(history.epochs) >= max_epochs:
+                    break
                 global_epoch = len(history.epochs) + 1
                 sampler.start_epoch(global_epoch)
                 t0 = time.perf_counter()
@@ -267,8 +292,11 @@ class Engine:
                     accelerator, wrapped, model, phase, prepared_opt, scheduler, train_loader, loss_fn,
                     f"epoch {global_epoch} [{phase.name}]",
                 )  # fmt: skip
-                val_loss, val_metric = self.evaluate(accelerator, wrapped, val_loader, loss_fn, metric_fn)
-                improved = val_metric > history.best_metric
+                if val_loader is not None:
+                    val_loss, val_metric = self.evaluate(accelerator, wrapped, val_loader, loss_fn, metric_fn)
+                    improved = val_metric > history.best_metric
+                else:  # no validation: the last epoch is the model
+                    val_loss, val_metric, improved = math.nan, math.nan, True
                 record = EpochRecord(
                     phase=phase.name,
                     epoch=global_epoch,
@@ -302,6 +330,7 @@ class Engine:
                 break
         if best_state is not None:
             model.load_state_dict(best_state)
+        model.eval()  # dropout off for whatever uses the model next (without validation it was training)
         return history
 
     # ------------------------------------------------------------------------------------------
@@ -334,6 +363,9 @@ class Engine:
             count += len(targets)
             bar.set_postfix(loss=f"{total / count:.4f}")
         bar.close()
+        if accelerator.num_processes > 1:  # every process's share of the epoch, not the main one's
+            summed = accelerator.reduce(torch.tensor([total, count], device=accelerator.device), "sum")
+            total, count = float(summed[0]), int(summed[1])
         return total / max(1, count)
 
     @torch.no_grad()
@@ -368,19 +400,20 @@ class Engine:
         )
 
     def _report(self, record: EpochRecord, history: History) -> None:
-        mark = " (best)" if record.best else ""
-        self._say(
-            f"epoch {record.epoch} [{record.phase}] train loss {record.train_loss:.4f}  "
-            f"val loss {record.val_loss:.4f}  val {self.metric} {record.val_metric:.4f}{mark}  "
-            f"({record.seconds:.0f}s)"
-        )
+        line = f"epoch {record.epoch} [{record.phase}] train loss {record.train_loss:.4f}  "
+        if not math.isnan(record.val_metric):
+            mark = " (best)" if record.best else ""
+            line += f"val loss {record.val_loss:.4f}  val {self.metric} {record.val_metric:.4f}{mark}  "
+        self._say(line + f"({record.seconds:.0f}s)")
 
     # ------------------------------------------------------------------------------------------
     # checkpoints: <dir>/last/{model,optimizer}.safetensors + state.json, <dir>/best.safetensors
 
     def _save_checkpoint(self, model, optimizer, scheduler, groups, history, *, phase_index, epoch_in_phase,
                          bad_epochs, best_state) -> None:  # fmt: skip
-        if self.checkpoint_dir is None:
+        from graft.distributed import is_main_process
+
+        if self.checkpoint_dir is None or not is_main_process():  # one writer under accelerate launch
             return
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         if best_state is not None:
@@ -491,62 +524,86 @@ def _load_optimizer_by_name(optimizer, groups, meta, tensors) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
 
 
-# --------------------------------------------------------------------------------------------------
-# fitting a head on cached features (frozen backbone)
-
-
-@dataclass
-class ProbeResult:
-    l2: float
-    val_metric: float
-    val_loss: float
-    grid: list[dict[str, float]]
-
-
-def fit_probe(
-    module: nn.Module,
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    val_x: torch.Tensor,
-    val_y: torch.Tensor,
-    *,
+def train_steps(
+    model: nn.Module,
+    param_groups: list[dict[str, Any]],
+    batches: Iterable[tuple[Any, Any]],
     loss_fn: LossFn,
-    metric_fn: MetricFn,
-    grid: Sequence[float] = (1.0, 3e-1, 1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 1e-5),
-    max_iter: int = 200,
-) -> ProbeResult:
-    """Full-batch L-BFGS on features, L2 strength chosen on validation (metric, then loss).
+    *,
+    steps: int,
+    warmup_ratio: float = 0.1,
+    grad_clip: float | None = 1.0,
+    weight_decay: float = 0.01,
+    on_step: Callable[[int], None] | None = None,
+    progress: bool = False,
+    desc: str = "training",
+) -> list[float]:
+    """Train ``model`` in place, one batch per optimiser step; returns the loss of every step.
 
-    The grid runs from strong to weak regularisation, each fit warm-started from the previous one.
-    ``module`` ends with the chosen solution. Only weight matrices are penalised, not biases.
+    Each of ``batches`` is ``(inputs, targets)``; tensors in it (also inside dicts, lists and tuples)
+    move to the device of the model's first parameter, and the step's loss is
+    ``loss_fn(model(inputs), targets)``, which may couple the examples of a batch. AdamW; every group
+    needs an ``lr`` (its peak), groups without ``weight_decay`` get ``weight_decay``. The learning rate
+    warms up linearly over ``warmup_ratio * steps`` steps, then decays linearly to 0 at ``steps``. A
+    ``batches`` that ends early ends training early while the schedule still spans ``steps``, so a
+    caller can stop at step k of a longer schedule. ``on_step(n)`` runs after the n-th step (1-based),
+    e.g. to snapshot weights. The caller sets train/eval mode and ``requires_grad``; no mixed precision.
+
+    Example:
+        >>> losses = train_steps(net, [{"params": list(net.parameters()), "lr": 1e-3}],
+        ...                      itertools.repeat((x, y)), nn.functional.mse_loss, steps=10)  # doctest: +SKIP
+
+    Raises:
+        ConfigError: ``steps`` < 1 or a group without ``lr``.
+        GraftError: the loss or the gradient norm is not finite (training diverged).
     """
-    params = [p for p in module.parameters() if p.requires_grad]
-    weights = [p for p in params if p.ndim > 1]
-    best: tuple[tuple[float, float], float, dict[str, torch.Tensor]] | None = None
-    table = []
-    module.train()
-    for l2 in grid:
-        optimizer = torch.optim.LBFGS(
-            params, lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe"
-        )
+    from tqdm.auto import tqdm
 
-        def closure(l2: float = l2, optimizer: torch.optim.Optimizer = optimizer) -> torch.Tensor:
-            optimizer.zero_grad()
-            loss = loss_fn(module(train_x), train_y) + 0.5 * l2 * sum(w.pow(2).sum() for w in weights)
+    if steps < 1:
+        raise ConfigError(f"steps must be at least 1, got {steps}")
+    groups = [dict(g, params=list(g["params"])) for g in param_groups]
+    no_lr = [i for i, g in enumerate(groups) if "lr" not in g]
+    if no_lr:
+        raise ConfigError(f"parameter groups {no_lr} have no 'lr'; give every group its learning rate")
+    params = [p for g in groups for p in g["params"]]
+    device = next(model.parameters()).device
+    optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(steps, warmup_ratio))
+    optimizer.zero_grad(set_to_none=True)
+    losses: list[float] = []
+    with tqdm(total=steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True) as bar:
+        # a finite `batches` may end first (strict=False): training stops there
+        for step, (inputs, targets) in zip(range(1, steps + 1), batches, strict=False):
+            loss = loss_fn(model(_to_device(inputs, device)), _to_device(targets, device))
+            if not torch.isfinite(loss):
+                raise GraftError(
+                    f"training diverged: loss is {loss.item()} at step {step} of {desc}; lower the "
+                    "learning rate (e.g. 3x) or train fewer steps"
+                )
             loss.backward()
-            return loss
+            if grad_clip:
+                norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+                if not torch.isfinite(norm):
+                    raise GraftError(
+                        f"training diverged: gradient norm is {norm.item()} at step {step} of {desc}; "
+                        "lower the learning rate (e.g. 3x) or train fewer steps"
+                    )
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if on_step is not None:
+                on_step(step)
+    return losses
 
-        optimizer.step(closure)
-        with torch.no_grad():
-            module.eval()
-            outputs = module(val_x)
-            module.train()
-            metric, loss = float(metric_fn(outputs, val_y)), float(loss_fn(outputs, val_y))
-        table.append({"l2": l2, "val_metric": metric, "val_loss": loss})
-        key = (metric, -loss)
-        if best is None or key > best[0]:
-            best = (key, l2, {k: v.detach().clone() for k, v in module.state_dict().items()})
-    module.load_state_dict(best[2])
-    module.zero_grad(set_to_none=True)
-    module.eval()
-    return ProbeResult(l2=best[1], val_metric=best[0][0], val_loss=-best[0][1], grid=table)
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if torch.is_tensor(value):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_to_device(v, device) for v in value)
+    return value

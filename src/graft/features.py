@@ -25,7 +25,10 @@ FEATURE_FORMAT = 1
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's device (its own GPU under ``accelerate launch``; else the first GPU, or the CPU)."""
+    from graft.distributed import local_device
+
+    return local_device()
 
 
 def default_workers() -> int:
@@ -151,8 +154,10 @@ class FeatureCache:
         return features if features.shape[0] == n else None
 
     def save(self, key: str, features: torch.Tensor, meta: dict[str, str]) -> None:
+        from graft.distributed import is_main_process
+
         path = self.path(key)
-        if path is None:
+        if path is None or not is_main_process():  # under accelerate launch, one writer
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -44,11 +44,13 @@ class RunFolder:
         path: the folder.
         resumed: an earlier, interrupted run in this folder is being continued.
         complete: the folder already holds a finished run with the same settings and data.
+        writer: this process writes the folder's files (the main process of a multi-process run).
     """
 
     path: Path
     resumed: bool = False
     complete: bool = False
+    writer: bool = True  # False in the other processes of a multi-process run: they write nothing
 
     @property
     def checkpoints(self) -> Path:
@@ -102,6 +104,26 @@ def claim_run_folder(
         else:
             run.resumed = record is not None
             run.write_record(cfg, "running", fingerprint)
+        yield run
+
+
+@contextlib.contextmanager
+def open_run(
+    out: str | Path | None, cfg: RunConfig, fingerprint: str, *, resume: bool, overwrite: bool
+) -> Iterator[RunFolder | None]:
+    """:func:`claim_run_folder` for a run with a folder; ``None`` for one without (nothing is written)."""
+    from graft.distributed import barrier, is_main_process
+
+    if out is None:
+        yield None
+        return
+    if not is_main_process():  # under accelerate launch: the main process owns the folder
+        barrier()
+        record = read_record(Path(out)) or {}
+        yield RunFolder(Path(out), resumed=resume, complete=record.get("status") == "complete", writer=False)
+        return
+    with claim_run_folder(out, cfg, fingerprint, resume=resume, overwrite=overwrite) as run:
+        barrier()
         yield run
 
 

@@ -107,6 +107,24 @@ class Dataset:
             report=DataReport(n_rows=len(idx)),
         )
 
+    def concat(self, other: Dataset, source: str | None = None) -> Dataset:
+        """This data followed by ``other`` (same task and label space), e.g. training + test rows for a
+        refit on every labeled example."""
+        if other.task != self.task or other.label_space != self.label_space:
+            raise ValueError("datasets of different tasks or label spaces cannot be concatenated")
+        return Dataset(
+            modality=self.modality,
+            examples=[*self.examples, *other.examples],
+            targets=np.concatenate([self.targets, other.targets]),
+            task=self.task,
+            label_space=self.label_space,
+            source=source or f"{self.source} + {other.source}",
+            rows=[],
+            text_col=self.text_col,
+            label_col=self.label_col,
+            report=DataReport(n_rows=len(self) + len(other)),
+        )
+
     def class_counts(self) -> dict[Any, int]:
         """Examples per class (per label for multilabel); empty for regression."""
         if self.task == "multiclass":

@@ -12,6 +12,8 @@ from graft.evaluation.metrics import (
 )
 from graft.evaluation.report import RunReport, render_html
 
+# graft.evaluation.outputs (torch) is imported where it is used, keeping this package torch-free.
+
 __all__ = [
     "HEADLINE",
     "SELECTION",

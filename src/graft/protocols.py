@@ -1,0 +1,166 @@
+"""Protocols: which labeled examples test the model, which choose its settings, which train it.
+
+The order is fixed so that held-out data never touches a choice:
+
+1. **test**: the user's test file, or a stratified hold-out of the data (``--test-fraction``).
+2. **choice**: small training sets (up to :data:`CV_MAX_EXAMPLES` examples, no ``--val``) are split
+   into stratified k folds, so every label both trains and validates; larger sets hold out
+   ``--val-fraction`` once; a user's ``--val`` file is used as given.
+3. **final model**: after k-fold choice, the chosen recipe is refit on every training example (the
+   number of epochs from the folds' best epochs). After a hold-out choice a frozen-backbone model is
+   refit on every training example (seconds); a fine-tuned one keeps its hold-out early stopping.
+   ``--refit all`` adds the test rows to the shipped model's training data after the evaluation.
+
+Example:
+    >>> from graft.data import build_dataset
+    >>> ds = build_dataset([f"text {i}" for i in range(40)], ["a", "b"] * 20)
+    >>> make_protocol(ds, folds=5, seed=0).selection
+    '5-fold cross-validation over the 32 training examples'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from graft.data import Dataset
+from graft.data.splits import holdout
+
+# At or below this many training examples, settings are chosen by k-fold cross-validation. Above it a
+# hold-out of --val-fraction has >= 300 examples, where the accuracy estimate's standard error is
+# <= 2.9 points (sqrt(0.25/300)); below it the hold-out gets noisy fast (7 examples chose the probe's L2
+# on TREC at 8 per class: validation accuracy 0.29), while k-fold costs k trainings.
+CV_MAX_EXAMPLES = 2000
+
+
+@dataclass
+class Protocol:
+    """The splits of one run.
+
+    Attributes:
+        pool: every labeled example model choice may see (training data, test rows removed).
+        test: held-out examples for the final evaluation only.
+        val: the user's validation file, or the hold-out validation split (``None`` with k-fold).
+        folds: (train, validation) index pairs into :attr:`choose_on`.
+        selection: how settings are chosen, in words.
+        description: the whole protocol in words (printed, and in the report).
+        test_is_split: the test rows came out of the training data (so ``--refit all`` can add them).
+    """
+
+    pool: Dataset
+    test: Dataset
+    val: Dataset | None
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    selection: str
+    description: str
+    test_is_split: bool
+    user_val: bool = False
+
+    @property
+    def choose_on(self) -> Dataset:
+        """The examples the folds index: the pool, followed by a user's validation file."""
+        return self.pool.concat(self.val, source=self.pool.source) if self.user_val else self.pool
+
+    @property
+    def kfold(self) -> bool:
+        return len(self.folds) > 1
+
+    def final_data(self, frozen_backbone: bool) -> tuple[Dataset, Dataset | None]:
+        """(train, validation) of the shipped model for a strategy of this kind."""
+        if self.kfold or self.user_val:
+            return self.pool, self.val
+        if frozen_backbone:
+            return self.pool, None  # the hold-out only chose the L2; the probe refits on every example
+        train_idx, _ = self.folds[0]
+        return self.pool.subset(train_idx), self.val
+
+    def summary(
+        self, source: Dataset, truncated: int, val: Dataset | None, test: Dataset | None, frozen: bool
+    ) -> dict[str, Any]:
+        """The report's account of the data: sizes, the protocol, duplicates, skipped rows, warnings."""
+        train, final_val = self.final_data(frozen)
+        return {
+            "source": source.source,
+            "rows": len(source),
+            "train": len(train),
+            "validation": len(final_val) if final_val is not None else 0,
+            "test": len(self.test),
+            "split": self.description,
+            "selection": self.selection,
+            "duplicates": source.report.duplicates,
+            "conflicting_duplicates": source.report.conflicting_duplicates,
+            "truncated_texts": truncated,
+            "skipped": [
+                f"{ds.source}: {item}" if ds is not source else item
+                for ds in (source, val, test)
+                if ds is not None
+                for item in ds.report.skipped
+            ],
+            "train_class_counts": {str(k): v for k, v in train.class_counts().items()},
+            "warnings": source.report.warnings,
+            "notes": source.report.notes,
+        }
+
+
+def make_protocol(
+    source: Dataset,
+    *,
+    val: Dataset | None = None,
+    test: Dataset | None = None,
+    folds: int = 5,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> Protocol:
+    """The protocol for ``source`` with optional separate validation and test data."""
+    parts, user_val, test_is_split = [], val is not None, test is None
+    if test is None:
+        keep, out, how = holdout(source, test_fraction, seed, "test")
+        pool = source.subset(keep)
+        test = source.subset(out, source=f"{source.source} [test split]")
+        parts.append(f"test: {how} {test_fraction:.0%} hold-out ({len(test)})")
+    else:
+        pool = source
+        parts.append(f"test: {test.source} ({len(test)})")
+    if val is not None:
+        n = len(pool)
+        chosen = [(np.arange(n), np.arange(n, n + len(val)))]
+        selection = f"validation on {val.source} ({len(val)})"
+    elif len(pool) <= CV_MAX_EXAMPLES:
+        chosen, how = _folds(pool, folds, seed)
+        selection = f"{len(chosen)}-fold{how} cross-validation over the {len(pool)} training examples"
+    else:
+        keep, out, how = holdout(pool, val_fraction, seed + 1, "validation")
+        chosen = [(keep, out)]
+        selection = f"{how} {val_fraction:.0%} validation hold-out ({len(out)} of {len(pool)})"
+        val = pool.subset(out, source=f"{source.source} [validation split]")
+    parts.insert(0, f"training: {len(pool)}")
+    parts.append(f"choice: {selection}")
+    return Protocol(
+        pool=pool,
+        test=test,
+        val=val,
+        folds=chosen,
+        selection=selection,
+        description="; ".join(parts),
+        test_is_split=test_is_split,
+        user_val=user_val,
+    )
+
+
+def _folds(pool: Dataset, k: int, seed: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+    """Stratified folds; plain shuffled ones (said so) when a class has a single training example."""
+    from sklearn.model_selection import KFold
+
+    from graft.errors import DataError
+    from graft.probe import stratified_folds
+
+    try:
+        return stratified_folds(pool.task, pool.targets, k, seed, label_space=pool.label_space), ""
+    except DataError:
+        rare = [str(c) for c, n in pool.class_counts().items() if n < 2]
+        splitter = KFold(n_splits=min(k, len(pool)), shuffle=True, random_state=seed)
+        folds = list(splitter.split(np.zeros(len(pool))))
+        return folds, f" (not stratified: {', '.join(rare)} has a single training example)"

@@ -1,0 +1,61 @@
+"""Protocols: the test split never touches a choice; k-fold on small data, hold-out on large data, --val
+as given."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graft.data import build_dataset
+from graft.protocols import CV_MAX_EXAMPLES, make_protocol
+
+
+def _data(n_per_class: int, classes: int = 3, offset: int = 0):
+    texts = [f"text {offset + i}" for i in range(n_per_class * classes)]
+    labels = [f"c{i % classes}" for i in range(n_per_class * classes)]
+    return build_dataset(texts, labels)
+
+
+def test_small_data_chooses_by_k_fold_over_every_training_example():
+    ds = _data(10)
+    p = make_protocol(ds, folds=5, seed=0)
+    assert p.kfold and len(p.folds) == 5 and p.val is None
+    assert set(p.pool.examples).isdisjoint(p.test.examples)
+    assert len(p.pool) + len(p.test) == len(ds)
+    covered = np.sort(np.concatenate([va for _, va in p.folds]))
+    assert covered.tolist() == list(range(len(p.pool)))  # every label validates once
+    for tr, va in p.folds:
+        assert set(tr).isdisjoint(va)
+        assert len(set(p.pool.targets[va])) == 3  # stratified
+    for frozen in (True, False):
+        train, val = p.final_data(frozen)
+        assert train is p.pool and val is None  # the refit uses every training example
+    assert "5-fold cross-validation over the 24 training examples" in p.description
+
+
+def test_large_data_holds_out_validation_once():
+    ds = _data(CV_MAX_EXAMPLES // 3 + 200)
+    p = make_protocol(ds, folds=5, seed=0)
+    assert not p.kfold and p.val is not None
+    ((tr, va),) = p.folds
+    assert len(va) == round(0.15 * len(p.pool))
+    assert p.final_data(frozen_backbone=True) == (p.pool, None)  # a probe refits on everything
+    train, val = p.final_data(frozen_backbone=False)
+    assert len(train) == len(tr) and val is p.val  # a fine-tune keeps its early-stopping hold-out
+
+
+def test_a_users_validation_file_is_used_as_given():
+    ds, val = _data(10), _data(4, offset=1000)
+    p = make_protocol(ds, val=val, folds=5, seed=0)
+    assert p.user_val and len(p.folds) == 1
+    tr, va = p.folds[0]
+    assert [p.choose_on.examples[i] for i in va] == val.examples
+    assert [p.choose_on.examples[i] for i in tr] == p.pool.examples
+    assert p.final_data(True) == (p.pool, val)
+
+
+def test_a_class_with_one_training_example_is_said_not_stratified():
+    labels = ["a"] * 10 + ["b"] * 10 + ["c"]
+    ds = build_dataset([f"t{i}" for i in range(21)], labels, require_min_per_class=False)
+    test = build_dataset(["u", "v", "w", "x", "y", "z"], ["a", "b", "c"] * 2)
+    p = make_protocol(ds, test=test, folds=5, seed=0)
+    assert p.kfold and "not stratified: c has a single training example" in p.selection
