@@ -59,3 +59,8 @@ def test_a_class_with_one_training_example_is_said_not_stratified():
     test = build_dataset(["u", "v", "w", "x", "y", "z"], ["a", "b", "c"] * 2)
     p = make_protocol(ds, test=test, folds=5, seed=0)
     assert p.kfold and "not stratified: c has a single training example" in p.selection
+
+
+def test_one_fold_means_one_hold_out_even_on_small_data():
+    p = make_protocol(_data(10), folds=1, seed=0)
+    assert not p.kfold and p.val is not None and "validation hold-out" in p.selection

@@ -110,7 +110,8 @@ class DataConfig:
         default=5,
         metadata=_help(
             "k of the stratified k-fold cross-validation that chooses settings on small training sets "
-            "(up to 2,000 examples without --val); larger sets hold out --val-fraction instead"
+            "(up to 2,000 examples without --val); larger sets, and --folds 1, hold out --val-fraction "
+            "instead"
         ),
     )
     refit: Refit = field(
@@ -130,8 +131,8 @@ class DataConfig:
                 f"val_fraction + test_fraction must leave data to train on; got "
                 f"{self.val_fraction} + {self.test_fraction}"
             )
-        if self.folds < 2:
-            raise ConfigError(f"folds must be >= 2, got {self.folds}")
+        if self.folds < 1:
+            raise ConfigError(f"folds must be >= 1 (1: one validation hold-out), got {self.folds}")
         if self.label_sep == "":
             raise ConfigError("label_sep must not be empty; leave it unset for single-label data")
         if self.label_sep is not None and self.task not in ("auto", "multilabel"):
@@ -362,6 +363,7 @@ def pretrain_defaults() -> RunConfig:
     """Training settings for supervised pre-training from random weights (``graft pretrain``):
     every layer at the head's learning rate, more epochs and more patience than fine-tuning."""
     return RunConfig(
+        data=DataConfig(folds=1),  # one early-stopping hold-out: 30 epochs from scratch per fold is too much
         strategy=StrategyConfig(kind="full"),
         train=TrainConfig(epochs=30, lr=2e-3, head_lr=2e-3, batch_size=64, patience=6, warmup_ratio=0.05,
                           weight_decay=5e-4),

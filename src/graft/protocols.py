@@ -128,7 +128,7 @@ def make_protocol(
         n = len(pool)
         chosen = [(np.arange(n), np.arange(n, n + len(val)))]
         selection = f"validation on {val.source} ({len(val)})"
-    elif len(pool) <= CV_MAX_EXAMPLES:
+    elif len(pool) <= CV_MAX_EXAMPLES and folds > 1:
         chosen, how = _folds(pool, folds, seed)
         selection = f"{len(chosen)}-fold{how} cross-validation over the {len(pool)} training examples"
     else:

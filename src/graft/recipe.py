@@ -482,7 +482,9 @@ def strategy_record(
         "refit": refit,
         **({"adapters": trained.record["adapters"]} if "adapters" in trained.record else {}),
     }
-    if not strategy.frozen_backbone:
+    from graft.strategies import FineTune
+
+    if isinstance(strategy, FineTune):
         groups = [g.name for g in trained.network.backbone.layer_groups()]
         record["phases"] = strategy.plan(cfg, groups).to_dict()["phases"]
     return record
