@@ -248,7 +248,7 @@ class Workbench:
         from graft.probe import select_l2, stratified_folds
 
         try:
-            folds = stratified_folds(self.task, targets, self.cfg.data.folds, self.cfg.train.seed)
+            folds = stratified_folds(self.task, targets, max(2, self.cfg.data.folds), self.cfg.train.seed)
         except DataError:  # a class with a single example: no fold can validate it
             return FALLBACK_L2
         return select_l2(self.task, x, targets, folds=folds).l2

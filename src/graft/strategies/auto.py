@@ -74,8 +74,13 @@ def choose(bench: Workbench, protocol: Protocol, requested: str) -> Choice:
 
 
 def _auto(bench: Workbench, protocol: Protocol) -> Choice:
+    from graft.distributed import num_processes
+
     data, folds = protocol.choose_on, protocol.folds
     budget = bench.cfg.strategy.budget_seconds
+    if num_processes() > 1:  # every process must make the same choice: no decision on wall-clock time
+        budget = float("inf")
+        bench.say("auto: --budget is not applied under accelerate launch (processes must choose alike)")
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     scored: list[tuple[Strategy, Selection]] = []
