@@ -107,12 +107,7 @@ def _auto(bench: Workbench, protocol: Protocol) -> Choice:
     for row in rows:
         if row["strategy"] == best_strategy.name:
             row["status"] = "chosen"
-    reason = _sentence(best_strategy, best, scored, protocol, bench.metric_name)
-    if len(scored) == 1:
-        skipped = sorted(
-            {row["status"].removeprefix("skipped: ") for row in rows if row["status"] != "chosen"}
-        )
-        reason += f"; the only candidate tried ({'; '.join(skipped)})" if skipped else ""
+    reason = _sentence(best_strategy, best, scored, protocol, bench.metric_name) + _not_tried(rows)
     return Choice(best_strategy, best.settings, reason, best, rows)
 
 
@@ -198,3 +193,14 @@ def _sentence(
         f"auto chose {strategy.name}: {metric} {best.score:.3f} in {protocol.selection}{against} "
         "(the test split was not consulted)"
     )
+
+
+def _not_tried(rows: list[dict[str, Any]]) -> str:
+    """``; not tried: a, b (why); c (why)`` for the candidates auto skipped, grouped by reason."""
+    why: dict[str, list[str]] = {}
+    for row in rows:
+        if row["status"].startswith("skipped: "):
+            why.setdefault(row["status"].removeprefix("skipped: "), []).append(row["strategy"])
+    if not why:
+        return ""
+    return "; not tried: " + "; ".join(f"{', '.join(names)} ({reason})" for reason, names in why.items())
