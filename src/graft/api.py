@@ -33,7 +33,7 @@ from graft.bundle import load_network, make_manifest, read_manifest, save_bundle
 from graft.config import BackboneConfig, DataConfig, RunConfig, StrategyConfig
 from graft.data import Dataset, detect_modality, layout_splits, read_dataset, read_inputs
 from graft.data.dataset import examples_fingerprint
-from graft.distributed import is_main_process
+from graft.distributed import barrier, is_main_process
 from graft.engine import Callback
 from graft.errors import ContractError
 from graft.evaluation import EvaluationResult, RunReport, fit_majority
@@ -478,6 +478,7 @@ def _finish(run_data, bench, protocol, choice, trained, result, run, progress) -
         pretrained_sha256=bench.weights_sha256, fingerprint=run_data.fingerprint,
     )  # fmt: skip
     model = Model(trained.network, manifest, report)
+    barrier()  # under accelerate launch: every process is done training before the folder is finished
     if run is not None and run.writer:
         t = time.perf_counter()
         path = model.save(run.bundle)
