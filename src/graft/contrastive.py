@@ -28,6 +28,7 @@ from torch import nn
 
 from graft.engine import train_steps
 from graft.errors import ConfigError, DataError
+from graft.features import default_device
 
 __all__ = ["label_batches", "supcon_loss", "tune_body"]
 
@@ -185,8 +186,6 @@ def tune_body(
     def batches() -> Iterator[tuple[Any, torch.Tensor]]:
         for index in label_batches(targets, batch_size, seed):
             yield backbone.preprocess([examples[i] for i in index]), labels[index]
-
-    from graft.features import default_device
 
     device = default_device()
     backbone.to(device)
