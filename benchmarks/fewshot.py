@@ -292,6 +292,7 @@ class SetFitRunner:
             "train_seconds": round(result["train_seconds"], 3),
             "versions": result["versions"],
             "threads": result["threads"],
+            "setfit_args": self.training_args,
         }
         return float(result["accuracy"]), float(result["seconds"]), extra
 
@@ -330,6 +331,9 @@ def summarise(runs: list[dict]) -> list[str]:
             if method == "auto":
                 picks = Counter(r.get("pick") for r in mine)
                 notes.append("picks: " + ", ".join(f"{p} ×{n}" for p, n in picks.most_common()))
+            if method == "setfit":
+                overrides = sorted({json.dumps(r.get("setfit_args") or {}, sort_keys=True) for r in mine})
+                notes += [f"TrainingArguments {o}" for o in overrides if o != "{}"]
             if errors:
                 notes.append(f"{errors} failed")
             if mine:
@@ -407,13 +411,16 @@ def machine() -> str:
     )
 
 
-def write_markdown(path: Path, section: str, body: list[str]) -> None:
-    """Replace the text between the markers, or add it under ``## section`` (made when missing)."""
-    block = "\n".join([MARK_BEGIN, *body, MARK_END])
+def write_markdown(
+    path: Path, section: str, body: list[str], marks: tuple[str, str] = (MARK_BEGIN, MARK_END)
+) -> None:
+    """Replace the text between the ``marks``, or add it under ``## section`` (made when missing)."""
+    begin, end_mark = marks
+    block = "\n".join([begin, *body, end_mark])
     text = path.read_text(encoding="utf-8") if path.exists() else ""
-    if MARK_BEGIN in text and MARK_END in text.split(MARK_BEGIN, 1)[1]:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + block + rest.split(MARK_END, 1)[1]
+    if begin in text and end_mark in text.split(begin, 1)[1]:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end_mark, 1)[1]
     else:
         lines = text.splitlines()
         heading = next(
@@ -466,8 +473,8 @@ def main() -> None:
     parser.add_argument("--setfit-timeout", type=float, help="seconds before one SetFit run is abandoned")
     parser.add_argument(
         "--setfit-training-args", type=json.loads, default={}, metavar="JSON",
-        help='SetFit TrainingArguments to override, e.g. \'{"num_iterations": 20}\' (default: none, '
-        "SetFit's defaults; the override is in the recorded command line)",
+        help='SetFit TrainingArguments to override for the runs of this call, e.g. \'{"num_iterations": '
+        "20}' (default: none, SetFit's defaults); recorded per run and named in the table's notes",
     )  # fmt: skip
     parser.add_argument("--json", help="write the raw per-run results here (after every run)")
     parser.add_argument("--resume", action="store_true", help="keep the finished runs already in --json")
@@ -485,9 +492,9 @@ def main() -> None:
     runs: list[dict] = []
     if args.resume and args.json and Path(args.json).exists():
         earlier = json.loads(Path(args.json).read_text())
-        for name in ("test_limit", "setfit_training_args"):
-            if earlier["meta"].get(name) != getattr(args, name):
-                parser.error(f"--resume: {args.json} was run with {name} {earlier['meta'].get(name)!r}")
+        limit = earlier["meta"].get("test_limit")
+        if limit != args.test_limit:
+            parser.error(f"--resume: {args.json} was run with --test-limit {limit!r}")
         runs = [r for r in earlier["runs"] if r.get("error") is None]
         say(f"resuming: {len(runs)} finished runs in {args.json}")
     done = {key(r) for r in runs}
@@ -495,7 +502,6 @@ def main() -> None:
         "command": command_line(),
         "machine": machine(),
         "test_limit": args.test_limit,
-        "setfit_training_args": args.setfit_training_args,
     }
 
     def save() -> None:

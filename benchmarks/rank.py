@@ -31,30 +31,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def register_deeper_resnets() -> None:
-    """arch:resnet32/44/56 through the public registry (graft itself registers only resnet20)."""
-    from graft.backbones.archs import Architecture, CifarResNet, get_architecture, register_architecture
-    from graft.errors import ConfigError
-
-    base = get_architecture("resnet20")
-    for depth in (32, 44, 56):
-        n = (depth - 2) // 6
-        try:
-            get_architecture(f"resnet{depth}")
-        except ConfigError:
-            register_architecture(
-                Architecture(
-                    f"resnet{depth}",
-                    CifarResNet,
-                    "image",
-                    base.head,
-                    dict(base.contract),
-                    f"CIFAR ResNet-{depth}",
-                    defaults={"num_blocks": (n, n, n)},
-                )
-            )
-
-
 def held_out_accuracy(spec: str, weights: str | None, train, test, seed: int) -> float:
     """A linear probe fitted on ``train`` (L2 by 5-fold CV there), accuracy on ``test``."""
     import torch
@@ -104,7 +80,6 @@ def images(args: argparse.Namespace) -> dict:
     from graft.data import read_dataset
     from graft.rank import rank
 
-    register_deeper_resnets()
     root = find_shared_data() / "images" / "cifar10_jpg_test"
     models = find_shared_data() / "models"
     rng = np.random.default_rng(args.seed)

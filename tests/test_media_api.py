@@ -235,3 +235,20 @@ def test_random_initialisation_is_seeded(tmp_path, image_folder):
     a = graft.fit(image_folder, backbone="arch:small_cnn", config=cfg, progress=False)
     b = graft.fit(image_folder, backbone="arch:small_cnn", config=cfg, progress=False)
     assert a.network_.backbone.weights_sha256() == b.network_.backbone.weights_sha256()
+
+
+@pytest.mark.parametrize("depth", [32, 44, 56])
+def test_deeper_cifar_resnets_load_their_real_checkpoints(depth):
+    """arch:resnet32/44/56 match the third party's checkpoints key for key (load_weights is strict)."""
+    from graft.backbones.archs import build_architecture
+    from graft.backbones.module import read_state_file
+
+    weights = shared("models", f"resnet{depth}_cifar10.th")
+    state = read_state_file(weights)
+    net = build_architecture(f"resnet{depth}")
+    expected = {k for k in net.state_dict() if not k.endswith("num_batches_tracked")}
+    assert expected == set(state)
+    bb = create_backbone(f"arch:resnet{depth}", weights=str(weights))
+    assert bb.pretrained and bb.contract == create_backbone("arch:resnet20").contract
+    n_params = sum(p.numel() for p in net.parameters())
+    assert round(n_params / 1e6, 2) == {32: 0.46, 44: 0.66, 56: 0.85}[depth]

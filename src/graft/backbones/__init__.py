@@ -284,7 +284,7 @@ register_backbone(
     "arch",
     _arch,
     modality="any",
-    description="one of graft's own architectures (resnet20, small_cnn, audio_cnn): random "
+    description="one of graft's own architectures (resnet20/32/44/56, small_cnn, audio_cnn): random "
     "initialisation for `graft pretrain`, or --weights FILE",
     takes_argument=True,
     example="arch:<name>",

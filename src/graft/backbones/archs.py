@@ -3,8 +3,8 @@
 Each architecture is a plain ``nn.Module`` with an output layer named ``fc`` and a contract (input
 size and normalisation, or sample rate and duration). Built by name, so a bundle can rebuild it.
 
-* ``resnet20``: the CIFAR ResNet-20 of He et al. (2016), option-A shortcuts, 0.27 M parameters,
-  32x32 RGB; matches the state-dict layout of the widely used akamaster/pytorch_resnet_cifar10
+* ``resnet20`` (and ``resnet32/44/56``): the CIFAR ResNets of He et al. (2016), option-A shortcuts,
+  0.27 M (0.46/0.66/0.85 M) parameters, 32x32 RGB; matches the state-dict layout of the widely used akamaster/pytorch_resnet_cifar10
   checkpoints (``conv1, bn1, layer1-3, linear``: its head is ``linear``).
 * ``small_cnn``: three conv blocks for small images (16x16 by default), quick on a CPU.
 * ``audio_cnn``: a log-mel front end (no parameters) and four conv blocks over the spectrogram.
@@ -216,16 +216,20 @@ class AudioCNN(nn.Module):
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
-register_architecture(
-    Architecture(
-        "resnet20",
-        CifarResNet,
-        "image",
-        "linear",
-        {"input_size": (3, 32, 32), **IMAGENET},
-        "CIFAR ResNet-20 (He et al. 2016, option-A shortcuts), 32x32 RGB, 0.27 M parameters",
+# depth -> (blocks per stage, parameters in millions): the akamaster/pytorch_resnet_cifar10 family
+CIFAR_RESNETS = {20: (3, 0.27), 32: (5, 0.46), 44: (7, 0.66), 56: (9, 0.85)}
+for _depth, (_blocks, _millions) in CIFAR_RESNETS.items():
+    register_architecture(
+        Architecture(
+            f"resnet{_depth}",
+            CifarResNet,
+            "image",
+            "linear",
+            {"input_size": (3, 32, 32), **IMAGENET},
+            f"CIFAR ResNet-{_depth} (He et al. 2016, option-A shortcuts), 32x32 RGB, {_millions} M parameters",
+            defaults={"num_blocks": (_blocks,) * 3},
+        )
     )
-)
 register_architecture(
     Architecture(
         "small_cnn",
