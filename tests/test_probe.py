@@ -291,3 +291,14 @@ def test_a_capped_solver_warns_in_graft_terms():
     x, y = _blobs(30, 4, 3)
     with pytest.warns(GraftWarning, match="cap of 1 iterations"):
         fit_linear_head(make_head("multiclass", 4, 3), x, y, 1e-4, max_iter=1)
+
+
+def test_the_strongest_l2_within_one_standard_error_wins():
+    from graft.probe import _one_standard_error
+
+    grid = [1.0, 0.1, 0.01]
+    means, stds = np.array([0.80, 0.82, 0.83]), np.array([0.0, 0.0, 0.02])
+    assert _one_standard_error(grid, means, stds, k=5) == 1  # 0.82 >= 0.83 - 0.02 / 2
+    assert _one_standard_error(grid, means, np.array([0.0, 0.0, 0.08]), k=5) == 0
+    assert _one_standard_error(grid, means, stds, k=1) == 2  # one fold: no spread, the arg-max
+    assert _one_standard_error(grid, np.array([0.9, 0.9, 0.9]), np.zeros(3), k=5) == 0  # ties: stronger

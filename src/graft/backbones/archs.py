@@ -4,8 +4,8 @@ Each architecture is a plain ``nn.Module`` with an output layer named ``fc`` and
 size and normalisation, or sample rate and duration). Built by name, so a bundle can rebuild it.
 
 * ``resnet20`` (and ``resnet32/44/56``): the CIFAR ResNets of He et al. (2016), option-A shortcuts,
-  0.27 M (0.46/0.66/0.85 M) parameters, 32x32 RGB; matches the state-dict layout of the widely used akamaster/pytorch_resnet_cifar10
-  checkpoints (``conv1, bn1, layer1-3, linear``: its head is ``linear``).
+  0.27 M (0.46/0.66/0.85 M) parameters, 32x32 RGB; matches the state-dict layout of the widely used
+  akamaster/pytorch_resnet_cifar10 checkpoints (``conv1, bn1, layer1-3, linear``: its head is ``linear``).
 * ``small_cnn``: three conv blocks for small images (16x16 by default), quick on a CPU.
 * ``audio_cnn``: a log-mel front end (no parameters) and four conv blocks over the spectrogram.
 """
@@ -226,7 +226,8 @@ for _depth, (_blocks, _millions) in CIFAR_RESNETS.items():
             "image",
             "linear",
             {"input_size": (3, 32, 32), **IMAGENET},
-            f"CIFAR ResNet-{_depth} (He et al. 2016, option-A shortcuts), 32x32 RGB, {_millions} M parameters",
+            f"CIFAR ResNet-{_depth} (He et al. 2016, option-A shortcuts), 32x32 RGB, "
+            f"{_millions} M parameters",
             defaults={"num_blocks": (_blocks,) * 3},
         )
     )
