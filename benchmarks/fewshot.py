@@ -177,6 +177,11 @@ def run_graft(cell: Cell, strategy: str) -> tuple[float, float, dict]:
     extra = {
         "pick": record.get("kind"),
         "shipped": record.get("shipped", record.get("kind")),
+        "settings": record.get("settings"),
+        "candidates": [
+            {k: c.get(k) for k in ("strategy", "status", "score", "score_std", "seconds", "settings")}
+            for c in record.get("candidates", [])
+        ],
         "timings": {k: round(v, 3) for k, v in report.timings.items()},
     }
     return float(report.test.metrics["accuracy"]), seconds, extra

@@ -228,3 +228,26 @@ def test_contrastive_chooses_its_steps_on_the_folds_and_tunes_a_copy_of_the_body
     probe = choice.strategy.train(bench, protocol.pool, None, {"steps": 0})
     assert probe.frozen_backbone and probe.shipped == "linear_probe"
     assert "multiclass" in get_strategy("contrastive").unavailable(bench.backbone, "regression")
+
+
+def test_a_costlier_candidate_must_beat_the_cheaper_by_one_standard_error():
+    from graft.recipe import Selection
+    from graft.strategies import get_strategy
+    from graft.strategies.auto import _best
+
+    probe, full = get_strategy("linear_probe"), get_strategy("full")
+
+    def sel(name: str, score: float, std: float = 0.0) -> Selection:
+        return Selection(name, {}, score, std, "test", 1.0)
+
+    def winner(probe_score: float, full_score: float, folds: list, metric: str = "accuracy", std=0.0):
+        pair = [(probe, sel("linear_probe", probe_score)), (full, sel("full", full_score, std))]
+        return _best(pair, folds, metric)[0].name
+
+    hold_out = [(np.arange(4250), np.arange(750))]  # binomial SE of 0.85 on 750: 0.013
+    assert winner(0.836, 0.845, hold_out) == "linear_probe"
+    assert winner(0.836, 0.868, hold_out) == "full"
+    assert winner(0.5, 0.51, hold_out, "r2") == "full"  # no spread from one hold-out of r2
+    five = [(np.arange(8), np.arange(2))] * 5  # fold spread 0.04 over 5 folds: SE 0.02
+    assert winner(0.70, 0.71, five, std=0.04) == "linear_probe"
+    assert winner(0.70, 0.73, five, std=0.04) == "full"

@@ -8,7 +8,7 @@
    and the skip is reported.
 3. **Score** each remaining candidate on the same folds (k-fold cross-validation on small data, one
    hold-out on larger data; never the test split), keep the best; a tie (within one standard error
-   of the fold scores) goes to the cheaper candidate, which comes first in the shortlist.
+   of the score) goes to the cheaper candidate, which comes first in the shortlist.
 
 Every candidate's score, time and settings are recorded, and the choice is explained in one sentence.
 A strategy given by name skips 1-3 but still has its settings chosen on the folds.
@@ -103,7 +103,7 @@ def _auto(bench: Workbench, protocol: Protocol) -> Choice:
                   f"({duration_text(sel.seconds)})")  # fmt: skip
         scored.append((strategy, sel))
         rows.append(_row(sel, "scored") | {"expected_s": cost})
-    best_strategy, best = _best(scored, len(folds))
+    best_strategy, best = _best(scored, folds, bench.metric_name)
     for row in rows:
         if row["strategy"] == best_strategy.name:
             row["status"] = "chosen"
@@ -111,12 +111,21 @@ def _auto(bench: Workbench, protocol: Protocol) -> Choice:
     return Choice(best_strategy, best.settings, reason, best, rows)
 
 
-def _best(scored: list[tuple[Strategy, Selection]], n_folds: int) -> tuple[Strategy, Selection]:
+def _best(
+    scored: list[tuple[Strategy, Selection]], folds: list[Any], metric: str
+) -> tuple[Strategy, Selection]:
     """The highest score; a later (costlier) candidate must beat the best earlier one by more than one
-    standard error of its fold scores."""
+    standard error of its score: over the folds' scores, or on one hold-out of n examples the binomial
+    sqrt(p(1-p)/n) when the score is an accuracy (for other metrics one hold-out gives no spread)."""
     best_strategy, best = scored[0]
     for strategy, sel in scored[1:]:
-        margin = sel.score_std / max(1, n_folds - 1) ** 0.5 if n_folds > 1 else 0.0
+        if len(folds) > 1:
+            margin = sel.score_std / (len(folds) - 1) ** 0.5
+        elif metric == "accuracy":
+            p = min(max(sel.score, 0.0), 1.0)
+            margin = (p * (1 - p) / max(1, len(folds[0][1]))) ** 0.5
+        else:
+            margin = 0.0
         if sel.score > best.score + margin:
             best_strategy, best = strategy, sel
     return best_strategy, best
