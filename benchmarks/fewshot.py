@@ -484,6 +484,10 @@ def main() -> None:
     parser.add_argument("--json", help="write the raw per-run results here (after every run)")
     parser.add_argument("--resume", action="store_true", help="keep the finished runs already in --json")
     parser.add_argument(
+        "--report-only", action="store_true",
+        help="run nothing: print (and with --markdown write) the tables of every run in --json",
+    )  # fmt: skip
+    parser.add_argument(
         "--markdown", help="write the tables into this markdown file (e.g. docs/strategies.md)"
     )
     parser.add_argument("--section", default="Few-shot benchmark", help="heading of the --markdown section")
@@ -491,8 +495,10 @@ def main() -> None:
     methods = args.methods or ["auto", "linear_probe", "lr", *(["setfit"] if args.setfit_python else [])]
     if "setfit" in methods and not args.setfit_python:
         parser.error("--methods setfit needs --setfit-python (the interpreter of SetFit's virtualenv)")
-    if args.resume and not args.json:
-        parser.error("--resume needs --json")
+    if (args.resume or args.report_only) and not args.json:
+        parser.error("--resume and --report-only need --json")
+    if args.report_only:
+        args.resume = True
 
     runs: list[dict] = []
     if args.resume and args.json and Path(args.json).exists():
@@ -513,6 +519,9 @@ def main() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
 
+    if args.report_only:
+        report(args, meta, runs, sorted({r["seed"] for r in runs}))
+        return
     lr = FrozenLR()
     setfit = (
         SetFitRunner(args.setfit_python, args.setfit_timeout, args.setfit_training_args)
@@ -562,18 +571,19 @@ def main() -> None:
 
     wanted = [r for r in runs if r["dataset"] in args.datasets and r["shots"] in args.shots
               and r["seed"] in args.seeds and r["method"] in methods]  # fmt: skip
-    body = summarise(wanted)
+    report(args, meta, wanted, args.seeds)
+
+
+def report(args: argparse.Namespace, meta: dict, runs: list[dict], seeds: list[int]) -> None:
+    """Print the tables of ``runs``; with ``--markdown``, write them and the command into that file."""
+    body = summarise(runs)
     print("\n".join(body))
     if args.markdown:
         limit = f" on a fixed random {args.test_limit} of each test file" if args.test_limit else ""
         header = [
             "",
-            f"Few-shot accuracy{limit}, mean ± sample std over seeds {', '.join(map(str, args.seeds))}; "
-            f"seconds are wall time per run on {meta['machine']}.",
-            "",
-            "```",
-            meta["command"],
-            "```",
+            f"Few-shot accuracy{limit}, mean ± sample std over the seeds counted in each row (of "
+            f"{', '.join(map(str, seeds))}); seconds are wall time per run on {meta['machine']}.",
             "",
         ]
         write_markdown(Path(args.markdown), args.section, header + body + [""])

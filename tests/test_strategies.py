@@ -251,3 +251,22 @@ def test_a_costlier_candidate_must_beat_the_cheaper_by_one_standard_error():
     five = [(np.arange(8), np.arange(2))] * 5  # fold spread 0.04 over 5 folds: SE 0.02
     assert winner(0.70, 0.71, five, std=0.04) == "linear_probe"
     assert winner(0.70, 0.73, five, std=0.04) == "full"
+
+
+def test_candidates_scored_on_the_same_folds_are_compared_fold_by_fold():
+    from graft.recipe import Selection
+    from graft.strategies import get_strategy
+    from graft.strategies.auto import _best
+
+    probe, contrastive = get_strategy("linear_probe"), get_strategy("contrastive")
+    folds = [(np.arange(8), np.arange(2))] * 5
+    hard_easy = [0.70, 0.90, 0.75, 0.85, 0.80]  # fold difficulty varies a lot: std 0.07
+    lp = Selection("linear_probe", {}, 0.80, 0.07, "cv", 1.0, fold_scores=hard_easy)
+    # +0.02 on each of the first 3 folds (contrastive uses the first MAX_FOLDS): unpaired, within
+    # one standard error (0.07 / 2); paired, a consistent gain
+    better = [s + 0.02 for s in hard_easy[:3]]
+    c = Selection("contrastive", {}, float(np.mean(better)), 0.07, "cv", 1.0, fold_scores=better)
+    assert _best([(probe, lp), (contrastive, c)], folds, "accuracy")[0] is contrastive
+    noisy = [0.74, 0.88, 0.77]  # +0.04, -0.02, +0.02: mean gain below its standard error
+    c = Selection("contrastive", {}, float(np.mean(noisy)), 0.06, "cv", 1.0, fold_scores=noisy)
+    assert _best([(probe, lp), (contrastive, c)], folds, "accuracy")[0] is probe

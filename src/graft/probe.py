@@ -63,12 +63,14 @@ class ProbeSelection:
         score: its mean selection metric over the folds (or on the validation split).
         how: how it was measured, in words ("5-fold cross-validation over 48 examples").
         table: one row per grid value: ``{"l2", "score", "score_std"}`` (std over folds; 0 for one).
+        fold_scores: the chosen L2's score on each fold, in the order of the folds given.
     """
 
     l2: float
     score: float
     how: str
     table: list[dict[str, float]] = field(default_factory=list)
+    fold_scores: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"l2": self.l2, "score": self.score, "how": self.how, "table": self.table}
@@ -200,7 +202,10 @@ def select_l2(
         {"l2": l2, "score": float(m), "score_std": float(s)}
         for l2, m, s in zip(grid, means, stds, strict=True)
     ]
-    return ProbeSelection(l2=grid[chosen], score=float(means[chosen]), how=how, table=table)
+    return ProbeSelection(
+        l2=grid[chosen], score=float(means[chosen]), how=how, table=table,
+        fold_scores=scores[:, chosen].tolist(),
+    )  # fmt: skip
 
 
 def _one_standard_error(grid: list[float], means: np.ndarray, stds: np.ndarray, k: int) -> int:

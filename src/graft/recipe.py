@@ -277,7 +277,7 @@ class Workbench:
         best = next(row for row in chosen.table if row["l2"] == chosen.l2)
         return Selection(
             strategy.name, {"l2": chosen.l2}, chosen.score, best.get("score_std", 0.0), chosen.how,
-            time.perf_counter() - t, detail={"grid": chosen.table},
+            time.perf_counter() - t, fold_scores=chosen.fold_scores, detail={"grid": chosen.table},
         )  # fmt: skip
 
     # -- fine-tuning through the engine --------------------------------------------------------

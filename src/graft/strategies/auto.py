@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from graft.errors import ConfigError
 from graft.strategies import Strategy, get_strategy
 
@@ -115,10 +117,18 @@ def _best(
     scored: list[tuple[Strategy, Selection]], folds: list[Any], metric: str
 ) -> tuple[Strategy, Selection]:
     """The highest score; a later (costlier) candidate must beat the best earlier one by more than one
-    standard error of its score: over the folds' scores, or on one hold-out of n examples the binomial
-    sqrt(p(1-p)/n) when the score is an accuracy (for other metrics one hold-out gives no spread)."""
+    standard error. On folds both were scored on, the test is paired: the mean of the per-fold
+    differences must exceed their standard error (fold difficulty is shared, so the difference varies
+    far less than either score). Otherwise: one standard error of the candidate's fold scores, or on one
+    hold-out of n examples the binomial sqrt(p(1-p)/n) when the score is an accuracy (for other
+    metrics one hold-out gives no spread)."""
     best_strategy, best = scored[0]
     for strategy, sel in scored[1:]:
+        paired = _paired_differences(sel, best)
+        if len(paired) >= 2:
+            if paired.mean() > paired.std(ddof=1) / len(paired) ** 0.5:
+                best_strategy, best = strategy, sel
+            continue
         if len(folds) > 1:
             margin = sel.score_std / (len(folds) - 1) ** 0.5
         elif metric == "accuracy":
@@ -129,6 +139,14 @@ def _best(
         if sel.score > best.score + margin:
             best_strategy, best = strategy, sel
     return best_strategy, best
+
+
+def _paired_differences(a: Selection, b: Selection) -> np.ndarray:
+    """``a``'s fold score minus ``b``'s on each fold both were scored on (the protocol's folds, in
+    order; strategies with fewer folds use the first ones)."""
+    n = min(len(a.fold_scores), len(b.fold_scores))
+    d = np.asarray(a.fold_scores[:n], dtype=float) - np.asarray(b.fold_scores[:n], dtype=float)
+    return d[np.isfinite(d)]
 
 
 def shortlist(bench: Workbench, protocol: Protocol) -> list[tuple[Strategy, str | None]]:

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 # benchmarks/contrastive_sweep.py.
 STEP_FRACTIONS = (0, 1 / 8, 1 / 4, 1 / 2, 1)
 LR = 2e-5
-# Each fold tunes a body: at most this many folds (a new stratified split when the protocol has more).
+# Each fold tunes a body: at most this many folds, the first ones of the protocol's (so that auto
+# compares contrastive with the other candidates fold by fold, on the same validation examples).
 MAX_FOLDS = 3
 TEMPERATURE = 0.1
 BATCH_SIZE = 64
@@ -54,10 +55,7 @@ class Contrastive(Strategy):
         from graft.recipe import Selection
 
         t = time.perf_counter()
-        if len(folds) > MAX_FOLDS:
-            from graft.probe import stratified_folds
-
-            folds = stratified_folds(data.task, data.targets, MAX_FOLDS, bench.cfg.train.seed)
+        n_protocol, folds = len(folds), folds[:MAX_FOLDS]
         grid = self.step_grid(bench.cfg.strategy.contrastive_steps)
         scores = np.zeros((len(folds), len(grid)))
         for i, (train_idx, val_idx) in enumerate(folds):
@@ -78,6 +76,8 @@ class Contrastive(Strategy):
             for s, m, d in zip(grid, mean, std, strict=True)
         ]
         how = "hold-out validation" if len(folds) == 1 else f"{len(folds)}-fold cross-validation"
+        if len(folds) < n_protocol:
+            how = f"the first {len(folds)} of the {n_protocol} cross-validation folds"
         return Selection(
             self.name, {"steps": grid[best]}, float(mean[best]), float(std[best]), how,
             time.perf_counter() - t, fold_scores=scores[:, best].tolist(), detail={"steps_grid": table},
