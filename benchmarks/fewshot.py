@@ -179,7 +179,7 @@ def run_graft(cell: Cell, strategy: str) -> tuple[float, float, dict]:
         "shipped": record.get("shipped", record.get("kind")),
         "settings": record.get("settings"),
         "candidates": [
-            {k: c.get(k) for k in ("strategy", "status", "score", "score_std", "seconds", "settings")}
+            {k: c.get(k) for k in ("strategy", "status", "score", "score_std", "fold_scores", "settings")}
             for c in record.get("candidates", [])
         ],
         "timings": {k: round(v, 3) for k, v in report.timings.items()},

@@ -116,17 +116,19 @@ def _auto(bench: Workbench, protocol: Protocol) -> Choice:
 def _best(
     scored: list[tuple[Strategy, Selection]], folds: list[Any], metric: str
 ) -> tuple[Strategy, Selection]:
-    """The highest score; a later (costlier) candidate must beat the best earlier one by more than one
-    standard error. On folds both were scored on, the test is paired: the mean of the per-fold
-    differences must exceed their standard error (fold difficulty is shared, so the difference varies
-    far less than either score). Otherwise: one standard error of the candidate's fold scores, or on one
-    hold-out of n examples the binomial sqrt(p(1-p)/n) when the score is an accuracy (for other
-    metrics one hold-out gives no spread)."""
+    """The best candidate. Candidates scored on the same folds are compared on those folds: a later
+    (costlier) one wins when its mean per-fold difference to the best so far is positive, a tie going
+    to the cheaper. (A margin of one standard error of the paired differences kept the probe on SST-2
+    at 8 per class in 5 of 5 seeds, against contrastive's +1.6 points on average over the unpaired
+    rule's picks: on 3 to 4 validation examples per fold the test has no power, and the cost at stake
+    is a minute.) Otherwise a later candidate must beat the best by one standard error: of its fold
+    scores, or on one hold-out of n examples the binomial sqrt(p(1-p)/n) when the score is an accuracy
+    (for other metrics one hold-out gives no spread)."""
     best_strategy, best = scored[0]
     for strategy, sel in scored[1:]:
         paired = _paired_differences(sel, best)
         if len(paired) >= 2:
-            if paired.mean() > paired.std(ddof=1) / len(paired) ** 0.5:
+            if paired.mean() > 1e-12:
                 best_strategy, best = strategy, sel
             continue
         if len(folds) > 1:
