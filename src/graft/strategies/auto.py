@@ -7,8 +7,9 @@
    training step on this machine; candidates that do not fit the remaining ``--budget`` are skipped,
    and the skip is reported.
 3. **Score** each remaining candidate on the same folds (k-fold cross-validation on small data, one
-   hold-out on larger data; never the test split), keep the best; a tie (within one standard error
-   of the score) goes to the cheaper candidate, which comes first in the shortlist.
+   hold-out on larger data; never the test split), keep the best (fold by fold where candidates
+   share folds; on one hold-out, by more than a standard error); a tie goes to the cheaper candidate,
+   which comes first in the shortlist.
 
 Every candidate's score, time and settings are recorded, and the choice is explained in one sentence.
 A strategy given by name skips 1-3 but still has its settings chosen on the folds.
