@@ -120,8 +120,8 @@ def _best(
     """The best candidate. Candidates scored on the same folds are compared on those folds: a later
     (costlier) one wins when its mean per-fold difference to the best so far is positive, a tie going
     to the cheaper. (A margin of one standard error of the paired differences kept the probe on SST-2
-    at 8 per class in 5 of 5 seeds, against contrastive's +1.6 points on average over the unpaired
-    rule's picks: on 3 to 4 validation examples per fold the test has no power, and the cost at stake
+    at 8 per class in each of the 4 seeds it ran, where the unpaired rule's picks averaged +1.6 points
+    over the probe: on 3 to 4 validation examples per fold the test has no power, and the cost at stake
     is a minute.) Otherwise a later candidate must beat the best by one standard error: of its fold
     scores, or on one hold-out of n examples the binomial sqrt(p(1-p)/n) when the score is an accuracy
     (for other metrics one hold-out gives no spread)."""
