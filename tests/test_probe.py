@@ -302,3 +302,15 @@ def test_the_strongest_l2_within_one_standard_error_wins():
     assert _one_standard_error(grid, means, np.array([0.0, 0.0, 0.08]), k=5) == 0
     assert _one_standard_error(grid, means, stds, k=1) == 2  # one fold: no spread, the arg-max
     assert _one_standard_error(grid, np.array([0.9, 0.9, 0.9]), np.zeros(3), k=5) == 0  # ties: stronger
+
+
+def test_a_head_to_fine_tune_from_takes_the_best_mean_not_the_one_se_choice():
+    """LP-FT starts fine-tuning from the probe: a head shrunk toward zero would pass almost no gradient
+    into the backbone, so that head takes the arg-max; the predicting probe keeps the one-SE rule."""
+    x, y = _blobs(40, 6, 3, seed=3, spread=1.0)
+    folds = stratified_folds("multiclass", y, k=5, seed=0)
+    predicting = select_l2("multiclass", x, y, folds=folds)
+    starting = select_l2("multiclass", x, y, folds=folds, one_standard_error=False)
+    means = [row["score"] for row in starting.table]
+    assert starting.score == max(means)
+    assert predicting.l2 > starting.l2 and predicting.score < starting.score  # they differ here

@@ -150,9 +150,10 @@ def select_l2(
     folds: list[tuple[np.ndarray, np.ndarray]],
     grid: Sequence[float] = L2_GRID,
     progress: bool = False,
+    one_standard_error: bool = True,
 ) -> ProbeSelection:
     """Score every L2 strength on every fold; the strongest L2 within one standard error of the best
-    mean score wins.
+    mean score wins (the best mean itself with ``one_standard_error=False``).
 
     Each fold is standardised with its own training part's statistics, fitted along ``grid``
     (warm-started from the previous value, so pass the grid strong -> weak), and scored with
@@ -166,6 +167,9 @@ def select_l2(
         folds: ``(train_idx, val_idx)`` pairs, e.g. from :func:`stratified_folds`.
         grid: candidate per-example L2 strengths (> 0).
         progress: show a progress bar.
+        one_standard_error: prefer the strongest L2 within one standard error of the best (the head
+            that predicts); False takes the best mean, e.g. for a head that fine-tuning starts from,
+            where a head shrunk toward zero would pass almost no gradient into the backbone.
 
     Example:
         >>> x, y = torch.randn(60, 4), torch.arange(60) % 3
@@ -192,7 +196,8 @@ def select_l2(
         for f, (train_idx, val_idx) in enumerate(folds):
             scores[f] = _fold_scores(task, n_outputs, x_np, y_np, train_idx, val_idx, grid, bar)
     means, stds = scores.mean(0), scores.std(0)
-    chosen = _one_standard_error(grid, means, stds, len(folds))
+    margin_folds = len(folds) if one_standard_error else 1  # 1: no margin, the arg-max
+    chosen = _one_standard_error(grid, means, stds, margin_folds)
     if len(folds) == 1:
         how = f"validation split ({len(folds[0][1])})"
     else:

@@ -243,15 +243,17 @@ class Workbench:
         )
 
     # -- the linear probe ------------------------------------------------------------------------
-    def choose_l2(self, x: torch.Tensor, targets: np.ndarray) -> float:
-        """The probe's L2 by stratified k-fold cross-validation on these features."""
+    def choose_l2(self, x: torch.Tensor, targets: np.ndarray, *, for_init: bool = False) -> float:
+        """The probe's L2 by stratified k-fold cross-validation on these features: the one-standard-
+        error choice for a head that predicts, the best mean score for one that fine-tuning starts from
+        (``for_init``: a head shrunk toward zero passes almost no gradient into the backbone)."""
         from graft.probe import select_l2, stratified_folds
 
         try:
             folds = stratified_folds(self.task, targets, max(2, self.cfg.data.folds), self.cfg.train.seed)
         except DataError:  # a class with a single example: no fold can validate it
             return FALLBACK_L2
-        return select_l2(self.task, x, targets, folds=folds).l2
+        return select_l2(self.task, x, targets, folds=folds, one_standard_error=not for_init).l2
 
     def fit_probe(
         self, strategy: Strategy, train: Dataset, val: Dataset | None, settings: dict[str, Any]
@@ -334,7 +336,7 @@ class Workbench:
         if self.cfg.strategy.head_init == "random":
             head.set_input_stats(x)
             return {}
-        l2 = self.choose_l2(x, train.targets)
+        l2 = self.choose_l2(x, train.targets, for_init=True)
         fit_linear_head(head, x, train.targets, l2)
         out: dict[str, Any] = {"probe_l2": l2}
         if val is not None:
