@@ -273,3 +273,15 @@ def test_candidates_scored_on_the_same_folds_are_compared_fold_by_fold():
     same = hard_easy[:3]  # a tie goes to the cheaper
     c = Selection("contrastive", {}, float(np.mean(same)), 0.06, "cv", 1.0, fold_scores=same)
     assert _best([(probe, lp), (contrastive, c)], folds, "accuracy")[0] is probe
+
+
+def test_contrastive_keeps_the_full_schedule_unless_fewer_steps_win_clearly():
+    from graft.strategies.contrastive import steps_choice
+
+    # folds x (0, 5, 10, 20, 40 steps): 10 steps ahead on average, but not on every fold -> full schedule
+    noisy = np.array([[0.5, 0.6, 0.9, 0.7, 0.6], [0.4, 0.5, 0.4, 0.6, 0.6], [0.5, 0.7, 0.8, 0.7, 0.7]])
+    assert int(np.argmax(noisy.mean(0))) == 2 and steps_choice(noisy) == 4
+    # the pretrained body beats the tuned one on every fold by a steady margin -> 0 steps
+    collapsed = np.array([[0.8, 0.6, 0.5, 0.4, 0.4], [0.9, 0.7, 0.6, 0.5, 0.5], [0.8, 0.6, 0.5, 0.5, 0.4]])
+    assert steps_choice(collapsed) == 0
+    assert steps_choice(np.array([[0.5, 0.9, 0.6, 0.6, 0.7]])) == 1  # one hold-out: the arg-max
