@@ -24,8 +24,10 @@ train, val, test, source, out = sys.argv[1:6]
 cfg = RunConfig(strategy=StrategyConfig(kind="partial", unfreeze_top=1),
                 train=TrainConfig(epochs=2, batch_size=8, lr=1e-3, head_lr=1e-3, mixed_precision="no"))
 model = graft.fit(train, val=val, test=test, backbone=source, config=cfg, out=out, progress=False)
+from accelerate import PartialState
 if is_main_process():
     print("RESULT " + json.dumps({"processes": num_processes(), "accuracy": model.metrics["test"]["accuracy"],
+                                  "synchronised": PartialState().num_processes,
                                   "history": model.report_.history}))
 """
 
@@ -59,6 +61,7 @@ def test_two_processes_train_like_one(tiny_source, tmp_path):
     assert one.returncode == 0, one.stderr[-3000:]
     results = [json.loads(r.stdout.split("RESULT ", 1)[1]) for r in (one, two)]
     assert [r["processes"] for r in results] == [1, 2]
+    assert [r["synchronised"] for r in results] == [1, 2]  # one process group, not two lone trainings
     assert two.stdout.count("RESULT ") == 1  # one process reports
     assert abs(results[0]["accuracy"] - results[1]["accuracy"]) <= 0.15
     assert len(results[1]["history"]) == 2 and all(h["train_loss"] > 0 for h in results[1]["history"])

@@ -36,5 +36,9 @@ def barrier() -> None:
     """Wait until every process reaches this point (no-op in a single-process run)."""
     if num_processes() > 1:
         from accelerate import PartialState
+        from accelerate.utils import parse_flag_from_env
 
-        PartialState().wait_for_everyone()
+        # the same process group Accelerator() sets up: it reads ACCELERATE_USE_CPU, PartialState does
+        # not, and a PartialState made first without it is a single-process state (DistributedType.NO)
+        # that every later Accelerator inherits: each process then trained alone, unsynchronised
+        PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).wait_for_everyone()
