@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from graft.config import DataConfig
-from graft.data import DataWarning, make_split, read_dataset, read_text_dataset, read_text_inputs
+from graft.data import DataWarning, holdout, read_dataset, read_text_dataset, read_text_inputs
 from graft.errors import ContractError, DataError
 from tests.conftest import shared
 
@@ -343,19 +343,49 @@ def test_txt_inputs_one_per_line(tmp_path):
 # -- splits ------------------------------------------------------------------------------------
 
 
-def test_split_is_stratified_disjoint_and_seeded():
+def test_holdout_is_stratified_disjoint_and_seeded():
     texts = [f"t{i}" for i in range(200)]
     labels = ["a"] * 150 + ["b"] * 50
     ds = read_text_dataset(texts, labels=labels)
-    s1 = make_split(ds, seed=3)
-    s2 = make_split(ds, seed=3)
-    idx = s1.indices
-    assert set(idx["train"]).isdisjoint(idx["val"]) and set(idx["train"]).isdisjoint(idx["test"])
-    assert set(idx["val"]).isdisjoint(idx["test"])
-    assert len(idx["train"]) + len(idx["val"]) + len(idx["test"]) == 200
-    assert np.array_equal(idx["test"], s2.indices["test"])
-    assert s1.test.class_counts() == {"a": 30, "b": 10}
-    assert s1.train.examples == [texts[i] for i in idx["train"]]
+    keep, out, how = holdout(ds, 0.2, seed=3, name="test")
+    assert set(keep).isdisjoint(out) and len(keep) + len(out) == 200 and how == "stratified"
+    assert np.array_equal(out, holdout(ds, 0.2, seed=3, name="test")[1])
+    assert ds.subset(out).class_counts() == {"a": 30, "b": 10}
+
+
+def test_holdout_keeps_copies_of_one_text_on_one_side():
+    # every text has a trivial variant (case, punctuation, spacing, a full-width letter)
+    base = [f"question number {i} ?" for i in range(60)]
+    variants = [t.upper().replace(" ?", "?") for t in base[:30]] + [
+        f"Ｑuestion  number {i}" for i in range(30, 60)
+    ]
+    labels = ["a" if i % 3 else "b" for i in range(60)]
+    ds = read_text_dataset(base + variants, labels=labels + labels)
+    for seed in range(5):
+        _, out, how = holdout(ds, 0.2, seed=seed, name="test")
+        assert how == "stratified, duplicate-grouped"
+        for i in range(60):  # text i and its variant (row 60 + i) on the same side
+            assert (i in out) == (60 + i in out)
+        assert 20 <= len(out) <= 28
+
+
+def test_holdout_never_divides_a_users_group():
+    ds = read_text_dataset([f"clip {i}" for i in range(60)], labels=[f"d{i % 3}" for i in range(60)])
+    ds.groups = np.array([f"speaker{i % 6}" for i in range(60)])
+    keep, out, _ = holdout(ds, 0.2, seed=0, name="test")
+    assert set(ds.groups[out]).isdisjoint(ds.groups[keep]) and len(set(ds.groups[out])) == 1
+
+
+def test_identical_image_files_are_one_group(tmp_path):
+    from PIL import Image
+
+    from graft.data.splits import leakage_groups
+
+    for k, colour in enumerate(["red", "blue", "green", "red"]):
+        Image.new("RGB", (8, 8), colour).save(tmp_path / f"{k}.png")
+    ds = read_dataset([str(tmp_path / f"{k}.png") for k in range(4)], labels=["x", "y", "x", "y"])
+    groups = leakage_groups(ds)
+    assert groups is not None and groups[0] == groups[3] and len(set(groups.tolist())) == 3
 
 
 def test_positional_text_column_from_headerless_training_data(tmp_path):

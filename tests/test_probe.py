@@ -314,3 +314,15 @@ def test_a_head_to_fine_tune_from_takes_the_best_mean_not_the_one_se_choice():
     means = [row["score"] for row in starting.table]
     assert starting.score == max(means)
     assert predicting.l2 > starting.l2 and predicting.score < starting.score  # they differ here
+
+
+def test_grouped_folds_never_divide_a_group():
+    y = np.array([0, 1] * 20)
+    groups = np.repeat(np.arange(10), 4)  # 10 groups of 4, each with both classes
+    folds = stratified_folds("multiclass", y, k=5, seed=0, groups=groups)
+    assert len(folds) == 5
+    for tr, va in folds:
+        assert set(groups[tr]).isdisjoint(groups[va])
+    assert sorted(np.concatenate([va for _, va in folds]).tolist()) == list(range(40))
+    few = stratified_folds("multiclass", y, k=5, seed=0, groups=np.repeat(np.arange(3), [12, 14, 14]))
+    assert len(few) == 3  # k lowered to the number of groups

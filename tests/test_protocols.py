@@ -64,3 +64,24 @@ def test_a_class_with_one_training_example_is_said_not_stratified():
 def test_one_fold_means_one_hold_out_even_on_small_data():
     p = make_protocol(_data(10), folds=1, seed=0)
     assert not p.kfold and p.val is not None and "validation hold-out" in p.selection
+
+
+def test_copies_never_straddle_the_test_split_or_a_fold():
+    texts = [f"text {i}" for i in range(120)]
+    ds = build_dataset(texts + [t.upper() + "!" for t in texts[:40]], [f"c{i % 3}" for i in range(120)] * 1
+                       + [f"c{i % 3}" for i in range(40)])  # fmt: skip
+    p = make_protocol(ds, folds=5, seed=0)
+    norm = lambda t: t.lower().rstrip("!")  # noqa: E731
+    assert {norm(t) for t in p.pool.examples}.isdisjoint(norm(t) for t in p.test.examples)
+    assert p.leakage["test"]["rows"] == 0 and p.leakage["test"]["kept_together"] == 40
+    for tr, va in p.folds:
+        assert {norm(p.pool.examples[i]) for i in tr}.isdisjoint(norm(p.pool.examples[i]) for i in va)
+    assert "duplicate-grouped" in p.description
+
+
+def test_copies_across_a_users_files_are_counted_and_warned():
+    ds = _data(10)
+    test = build_dataset(["TEXT 3.", "new one", "text  7"], ["c0", "c1", "c2"], require_min_per_class=False)
+    p = make_protocol(ds, test=test, folds=5, seed=0)
+    assert p.leakage["test"]["rows"] == 2 and p.leakage["test"]["examples"] == ["TEXT 3.", "text  7"]
+    assert any("leakage: 2 of the 3 test examples" in w for w in ds.report.warnings)

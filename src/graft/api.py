@@ -38,6 +38,7 @@ from graft.engine import Callback
 from graft.errors import ContractError
 from graft.evaluation import EvaluationResult, RunReport, fit_majority
 from graft.evaluation.outputs import decode_outputs, head_outputs, score_outputs
+from graft.evaluation.report import leakage_sentences
 from graft.features import FeatureCache, extract_features
 from graft.heads import TaskModel
 from graft.protocols import make_protocol
@@ -336,6 +337,8 @@ def fit(
             val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
         )  # 3. protocol  # fmt: skip
         _say(progress, f"protocol: {protocol.description}")
+        for line in leakage_sentences(protocol.leakage):
+            _say(progress, f"leakage check: {line}")
         choice = choose(bench, protocol, run_data.cfg.strategy.kind)  # 4. choose strategy and settings
         _say(progress, f"strategy: {choice.strategy.name} — {choice.reason}")
         trained = train_final(bench, protocol, choice)  # 5. the final model

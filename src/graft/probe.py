@@ -287,8 +287,13 @@ def stratified_folds(
     seed: int,
     *,
     label_space: Sequence[Any] | None = None,
+    groups: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """``k`` disjoint validation folds covering every example, each with its training complement.
+
+    With ``groups`` (a group id per example, e.g. from :func:`graft.data.leakage_groups`), no group is
+    divided between a fold's two parts (scikit-learn's ``StratifiedGroupKFold`` / ``GroupKFold``), and
+    ``k`` is at most the number of groups (of the rarest class, for multiclass).
 
     Multiclass folds keep the class proportions; regression folds keep the proportions of the
     target's quantile bins; multilabel folds are plain shuffled k-fold. ``k`` is lowered to the
@@ -331,6 +336,8 @@ def stratified_folds(
                 f"cross-validation needs at least 2 examples of every class; too few: {names}. "
                 "Add examples of these classes or remove them from the data."
             )
+        if groups is not None:  # a class's examples in fewer groups than k cannot fill k folds
+            counts = np.array([len(np.unique(groups[y_np == c])) for c in classes])
         k = max(2, min(k, int(counts.min())))
         strata = y_np
     elif task == "regression":
@@ -341,10 +348,32 @@ def stratified_folds(
         strata = ranks * bins // n
     else:
         k = min(k, n)
+        strata = None
+    if groups is not None:
+        return _group_folds(groups, strata, k, seed)
+    if strata is None:
         splitter = KFold(n_splits=k, shuffle=True, random_state=seed)
         return [(tr, va) for tr, va in splitter.split(np.zeros(n))]
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return [(tr, va) for tr, va in splitter.split(np.zeros(n), strata)]
+
+
+def _group_folds(
+    groups: np.ndarray, strata: np.ndarray | None, k: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    import warnings
+
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+    k = max(2, min(k, len(np.unique(groups))))
+    x = np.zeros(len(groups))
+    with warnings.catch_warnings():  # "the least populated class has only N members": k was lowered
+        warnings.simplefilter("ignore", UserWarning)
+        if strata is None:
+            splitter = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
+            return [(tr, va) for tr, va in splitter.split(x, groups=groups)]
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        return [(tr, va) for tr, va in splitter.split(x, strata, groups)]
 
 
 class _Solver:

@@ -2,10 +2,13 @@
 
 The order is fixed so that held-out data never touches a choice:
 
-1. **test**: the user's test file, or a stratified hold-out of the data (``--test-fraction``).
+1. **test**: the user's test file, or a stratified hold-out of the data (``--test-fraction``) that
+   keeps copies of one input (and a ``--group-col`` group) on one side: see :mod:`graft.data.splits`.
+   A user's own test (or validation) file is checked for copies of training inputs: the count is in
+   the report, with a warning.
 2. **choice**: small training sets (up to :data:`CV_MAX_EXAMPLES` examples, no ``--val``) are split
-   into stratified k folds, so every label both trains and validates; larger sets hold out
-   ``--val-fraction`` once; a user's ``--val`` file is used as given.
+   into stratified k folds (grouped like the test split), so every label both trains and validates;
+   larger sets hold out ``--val-fraction`` once; a user's ``--val`` file is used as given.
 3. **final model**: after k-fold choice, the chosen recipe is refit on every training example (the
    number of epochs from the folds' best epochs). After a hold-out choice a frozen-backbone model is
    refit on every training example (seconds); a fine-tuned one keeps its hold-out early stopping.
@@ -26,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from graft.data import Dataset
-from graft.data.splits import holdout
+from graft.data.splits import holdout, leakage_groups, overlap
 
 # At or below this many training examples, settings are chosen by k-fold cross-validation. Above it a
 # hold-out of --val-fraction has >= 300 examples, where the accuracy estimate's standard error is
@@ -57,6 +60,7 @@ class Protocol:
     description: str
     test_is_split: bool
     user_val: bool = False
+    leakage: dict[str, Any] | None = None
 
     @property
     def choose_on(self) -> Dataset:
@@ -91,6 +95,7 @@ class Protocol:
             "selection": self.selection,
             "duplicates": source.report.duplicates,
             "conflicting_duplicates": source.report.conflicting_duplicates,
+            "leakage": self.leakage,
             "truncated_texts": truncated,
             "skipped": [
                 f"{ds.source}: {item}" if ds is not source else item
@@ -116,23 +121,30 @@ def make_protocol(
 ) -> Protocol:
     """The protocol for ``source`` with optional separate validation and test data."""
     parts, user_val, test_is_split = [], val is not None, test is None
+    groups = leakage_groups(source)
     if test is None:
-        keep, out, how = holdout(source, test_fraction, seed, "test")
+        keep, out, how = holdout(source, test_fraction, seed, "test", groups)
         pool = source.subset(keep)
         test = source.subset(out, source=f"{source.source} [test split]")
+        leakage = {"test": _straddling(groups, keep, out)}
+        groups = None if groups is None else groups[keep]
         parts.append(f"test: {how} {test_fraction:.0%} hold-out ({len(test)})")
     else:
         pool = source
+        leakage = {"test": overlap(pool, test)}
         parts.append(f"test: {test.source} ({len(test)})")
+    if val is not None:
+        leakage["validation"] = overlap(pool, val)
+    _warn_leakage(leakage, source)
     if val is not None:
         n = len(pool)
         chosen = [(np.arange(n), np.arange(n, n + len(val)))]
         selection = f"validation on {val.source} ({len(val)})"
     elif len(pool) <= CV_MAX_EXAMPLES and folds > 1:
-        chosen, how = _folds(pool, folds, seed)
+        chosen, how = _folds(pool, folds, seed, groups)
         selection = f"{len(chosen)}-fold{how} cross-validation over the {len(pool)} training examples"
     else:
-        keep, out, how = holdout(pool, val_fraction, seed + 1, "validation")
+        keep, out, how = holdout(pool, val_fraction, seed + 1, "validation", groups)
         chosen = [(keep, out)]
         selection = f"{how} {val_fraction:.0%} validation hold-out ({len(out)} of {len(pool)})"
         val = pool.subset(out, source=f"{source.source} [validation split]")
@@ -147,18 +159,49 @@ def make_protocol(
         description="; ".join(parts),
         test_is_split=test_is_split,
         user_val=user_val,
+        leakage=leakage,
     )
 
 
-def _folds(pool: Dataset, k: int, seed: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
-    """Stratified folds; plain shuffled ones (said so) when a class has a single training example."""
+def _straddling(groups: np.ndarray | None, keep: np.ndarray, out: np.ndarray) -> dict[str, Any]:
+    """The leakage check of graft's own split: held-out rows whose group (copies of one input, a
+    user's group) also has training rows (0 unless the split is broken), and how many rows were kept
+    together with a copy."""
+    if groups is None:
+        return {"rows": 0, "of": len(out), "kept_together": 0, "examples": []}
+    return {
+        "rows": int(np.isin(groups[out], groups[keep]).sum()),
+        "of": len(out),
+        "kept_together": int(len(groups) - len(np.unique(groups))),
+        "examples": [],
+    }
+
+
+def _warn_leakage(leakage: dict[str, dict[str, Any]], source: Dataset) -> None:
+    for name, found in leakage.items():
+        if found["rows"]:
+            example = f" (e.g. {found['examples'][0]!r})" if found["examples"] else ""
+            source.report.warnings.append(
+                f"leakage: {found['rows']} of the {found['of']} {name} examples are copies of training "
+                f"examples{example}: the {name} score is optimistic; remove the copies from one file"
+            )
+
+
+def _folds(
+    pool: Dataset, k: int, seed: int, groups: np.ndarray | None
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
+    """Stratified (and grouped) folds; plain shuffled ones (said so) when a class has a single
+    training example."""
     from sklearn.model_selection import KFold
 
     from graft.errors import DataError
     from graft.probe import stratified_folds
 
     try:
-        return stratified_folds(pool.task, pool.targets, k, seed, label_space=pool.label_space), ""
+        folds = stratified_folds(
+            pool.task, pool.targets, k, seed, label_space=pool.label_space, groups=groups
+        )
+        return folds, "" if groups is None else ", duplicate-grouped"
     except DataError:
         rare = [str(c) for c, n in pool.class_counts().items() if n < 2]
         splitter = KFold(n_splits=min(k, len(pool)), shuffle=True, random_state=seed)

@@ -76,6 +76,8 @@ class Dataset:
         rows: the source row of each example (file line number, or list index), for messages.
         text_col / label_col: the columns the data was read from, when it came from a table.
         report: duplicates and warnings found while reading.
+        groups: a group id (str) per example (``--group-col``: a speaker, a user, a patient), or ``None``;
+            a held-out split never divides a group.
     """
 
     modality: str
@@ -88,6 +90,7 @@ class Dataset:
     text_col: str | None = None
     label_col: str | None = None
     report: DataReport = field(default_factory=DataReport)
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -105,6 +108,7 @@ class Dataset:
             text_col=self.text_col,
             label_col=self.label_col,
             report=DataReport(n_rows=len(idx)),
+            groups=None if self.groups is None else self.groups[idx],
         )
 
     def concat(self, other: Dataset, source: str | None = None) -> Dataset:
@@ -123,6 +127,7 @@ class Dataset:
             text_col=self.text_col,
             label_col=self.label_col,
             report=DataReport(n_rows=len(self) + len(other)),
+            groups=_concat_groups(self.groups, len(self), other.groups, len(other)),
         )
 
     def class_counts(self) -> dict[Any, int]:
@@ -146,6 +151,17 @@ class Dataset:
     def examples_fingerprint(self) -> str:
         """sha256 over the examples only (features do not depend on labels)."""
         return examples_fingerprint(self.modality, self.examples)
+
+
+def _concat_groups(a: np.ndarray | None, n_a: int, b: np.ndarray | None, n_b: int) -> np.ndarray | None:
+    """Group ids of two datasets one after the other; rows without one form a group each."""
+    if a is None and b is None:
+        return None
+    parts = [
+        np.asarray(g, dtype=str) if g is not None else np.array([f"\0{tag}{i}" for i in range(n)], dtype=str)
+        for g, n, tag in ((a, n_a, "a"), (b, n_b, "b"))
+    ]
+    return np.concatenate(parts)
 
 
 def examples_fingerprint(modality: str, examples: list[Any]) -> str:

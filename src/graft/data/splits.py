@@ -1,30 +1,86 @@
-"""Train / validation / test protocols.
+"""Held-out splits that cannot leak: duplicates (and the user's groups) stay on one side.
 
-Held-out data never touches training or model choice: the test split is cut first, then the
-validation split from what remains. Splits are stratified by class where every class can be
-represented, seeded, and recorded by index so a resumed run sees the same split.
+The test split is cut first, then the validation split from what remains (see
+:mod:`graft.protocols`). A split is stratified by class where every class can be represented, seeded,
+and recorded by index so a resumed run sees the same split.
+
+**Leakage.** Rows whose inputs are the same after normalisation (texts: Unicode NFKC, case-folded,
+punctuation and whitespace runs collapsed, so ``"What is X ?"`` and ``"what is x?"`` are one; images
+and audio: identical file bytes) form one group, as do rows sharing a user's group id
+(``--group-col``, e.g. a speaker); groups are never divided between the two sides of a split.
+
+Example:
+    >>> from graft.data import build_dataset
+    >>> texts = ["Good film.", "good film", "bad", "awful", "fine", "great", "ok", "meh"]
+    >>> ds = build_dataset(texts, ["p", "p", "n", "n", "p", "p", "p", "n"])
+    >>> keep, out, how = holdout(ds, 0.25, seed=0, name="test")
+    >>> sorted(out.tolist()), how  # rows 0 and 1 are one text: held out together
+    ([0, 1, 3], 'stratified, duplicate-grouped')
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import re
+import unicodedata
+from typing import Any
 
 import numpy as np
 
 from graft.data.dataset import Dataset
 from graft.errors import DataError
 
+_NOT_WORD = re.compile(r"[\W_]+")
 
-@dataclass
-class Split:
-    """The three parts. ``indices[part]`` indexes the original training source, or is ``None`` when
-    that part came from its own file."""
 
-    train: Dataset
-    val: Dataset
-    test: Dataset
-    description: str
-    indices: dict[str, np.ndarray | None]
+def normalise_text(text: str) -> str:
+    """The form two texts share when one is a trivial variant of the other (case, punctuation,
+    spacing, Unicode compatibility forms). A text of punctuation only keeps its raw form."""
+    folded = _NOT_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    return folded or text
+
+
+def _file_digest(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha1").hexdigest()
+    except OSError:
+        return f"unreadable:{path}"  # reading the file later names the problem
+
+
+def duplicate_keys(ds: Dataset) -> list[str]:
+    """One key per example; examples with equal keys are copies of each other (see module doc)."""
+    if ds.modality == "text":
+        return [normalise_text(str(t)) for t in ds.examples]
+    return [_file_digest(str(p)) for p in ds.examples]
+
+
+def leakage_groups(ds: Dataset) -> np.ndarray | None:
+    """Group id per example (copies and the user's groups merged), or ``None`` when every group is a
+    single example (then a split needs no grouping)."""
+    keys = duplicate_keys(ds)
+    _, ids = np.unique(np.asarray(keys, dtype=str), return_inverse=True)
+    if ds.groups is not None:
+        ids = _merge(ids, np.unique(np.asarray(ds.groups, dtype=str), return_inverse=True)[1])
+    return ids if len(np.unique(ids)) < len(ids) else None
+
+
+def _merge(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected components of "shares an ``a`` id or a ``b`` id" (union-find over rows)."""
+    parent = list(range(len(a)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for ids in (a, b):
+        first: dict[int, int] = {}
+        for i, g in enumerate(ids.tolist()):
+            j = first.setdefault(g, i)
+            parent[root(i)] = root(j)
+    return np.unique([root(i) for i in range(len(a))], return_inverse=True)[1]
 
 
 def _stratify_labels(ds: Dataset) -> np.ndarray | None:
@@ -37,17 +93,42 @@ def _stratify_labels(ds: Dataset) -> np.ndarray | None:
     return None
 
 
-def holdout(ds: Dataset, fraction: float, seed: int, name: str) -> tuple[np.ndarray, np.ndarray, str]:
-    """Indices (kept, held out) for a held-out ``fraction``; stratified when each class can be."""
+def holdout(
+    ds: Dataset, fraction: float, seed: int, name: str, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Indices (kept, held out) for a held-out ``fraction``, stratified when each class can be, and
+    with every group of ``groups`` (default: :func:`leakage_groups`) wholly on one side."""
+    n = len(ds)
+    groups = leakage_groups(ds) if groups is None else np.unique(groups, return_inverse=True)[1]
+    labels = _stratify_labels(ds)
+    if groups is None:
+        units, unit_labels = np.arange(n), labels
+    else:  # split groups, each labeled with its most common class
+        units = groups
+        unit_labels = None if labels is None else _group_labels(groups, labels)
+    n_units = int(units.max()) + 1 if len(units) else 0
+    n_out = max(1, round(fraction * n_units))
+    if n_units - n_out < 2:
+        raise DataError(f"{ds.source}: {n} examples are too few to hold out a {name} split; add data")
+    kept_units, out_units, how = _split_units(n_units, n_out, unit_labels, seed)
+    if groups is None:
+        return kept_units, out_units, how
+    out = np.flatnonzero(np.isin(groups, out_units))
+    return np.flatnonzero(~np.isin(groups, out_units)), out, f"{how}, duplicate-grouped"
+
+
+def _group_labels(groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    counts = np.zeros((int(groups.max()) + 1, int(labels.max()) + 1), dtype=np.int64)
+    np.add.at(counts, (groups, labels), 1)
+    return counts.argmax(1)
+
+
+def _split_units(
+    n: int, n_out: int, labels: np.ndarray | None, seed: int
+) -> tuple[np.ndarray, np.ndarray, str]:
     from sklearn.model_selection import train_test_split
 
-    n = len(ds)
-    n_out = max(1, round(fraction * n))
-    if n - n_out < 2:
-        raise DataError(f"{ds.source}: {n} examples are too few to hold out a {name} split; add data")
-    labels = _stratify_labels(ds)
     index = np.arange(n)
-    how = "random"
     if labels is not None:
         counts = np.bincount(labels)
         counts = counts[counts > 0]
@@ -55,41 +136,16 @@ def holdout(ds: Dataset, fraction: float, seed: int, name: str) -> tuple[np.ndar
             keep, out = train_test_split(index, test_size=n_out, random_state=seed, stratify=labels)
             return np.sort(keep), np.sort(out), "stratified"
     keep, out = train_test_split(index, test_size=n_out, random_state=seed)
-    return np.sort(keep), np.sort(out), how
+    return np.sort(keep), np.sort(out), "random"
 
 
-def make_split(
-    train: Dataset,
-    *,
-    val: Dataset | None = None,
-    test: Dataset | None = None,
-    val_fraction: float = 0.15,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-) -> Split:
-    """The three splits: given files are used as they are, missing ones are held out of ``train``."""
-    parts = []
-    source = train
-    train_idx = np.arange(len(source))
-    indices: dict[str, np.ndarray | None] = {"val": None, "test": None}
-    if test is None:
-        keep, out, how = holdout(source, test_fraction, seed, "test")
-        test = source.subset(out, source=f"{source.source} [test split]")
-        train_idx, indices["test"] = keep, out
-        parts.append(f"test: {how} {test_fraction:.0%} hold-out ({len(test)})")
-    else:
-        parts.append(f"test: {test.source} ({len(test)})")
-    if val is None:
-        remaining = source.subset(train_idx)
-        keep, out, how = holdout(remaining, val_fraction, seed + 1, "validation")
-        indices["val"] = train_idx[out]
-        train_idx = train_idx[keep]
-        val = source.subset(indices["val"], source=f"{source.source} [validation split]")
-        parts.append(f"validation: {how} {val_fraction:.0%} hold-out ({len(val)})")
-    else:
-        parts.append(f"validation: {val.source} ({len(val)})")
-    indices["train"] = train_idx
-    parts.insert(0, f"train: {len(train_idx)}")
-    return Split(
-        train=source.subset(train_idx), val=val, test=test, description="; ".join(parts), indices=indices
-    )
+def overlap(train: Dataset, held_out: Dataset, limit: int = 5) -> dict[str, Any]:
+    """How many ``held_out`` examples are copies (see :func:`duplicate_keys`) of a training example:
+    for data the user split into files themselves, where graft's grouping could not act."""
+    seen = set(duplicate_keys(train))
+    hits = [i for i, key in enumerate(duplicate_keys(held_out)) if key in seen]
+    return {
+        "rows": len(hits),
+        "of": len(held_out),
+        "examples": [str(held_out.examples[i])[:200] for i in hits[:limit]],
+    }

@@ -96,6 +96,22 @@ def _skipped_html(skipped: list[str]) -> str:
     )
 
 
+def leakage_sentences(leakage: dict[str, Any] | None) -> list[str]:
+    """The leakage check in words: one sentence per held-out part."""
+    out = []
+    for name, found in (leakage or {}).items():
+        text = f"{found['rows']} of the {found['of']} {name} examples are copies of a training example"
+        if found.get("kept_together"):
+            text += (
+                f" ({found['kept_together']} rows that copy another row, after normalising case, punctuation "
+                "and spacing or comparing file bytes, were kept on one side of the split)"
+            )
+        elif found["rows"]:
+            text += f", e.g. {found['examples'][0]!r}: the {name} score is optimistic"
+        out.append(text + ".")
+    return out
+
+
 def render_html(report: RunReport) -> str:
     parts = [f"<h1>graft report: {_e(report.task)} on {_e(report.backbone)}</h1>"]
     if report.strategy:
@@ -103,6 +119,9 @@ def render_html(report: RunReport) -> str:
     if report.data:
         rows = [[k, v] for k, v in report.data.items() if not isinstance(v, dict | list)]
         parts.append("<h2>Data</h2>" + _table(["", ""], rows))
+        leakage = leakage_sentences(report.data.get("leakage"))
+        if leakage:
+            parts.append("<p><b>Leakage check:</b> " + _e(" ".join(leakage)) + "</p>")
         parts.append(_skipped_html(report.data.get("skipped") or []))
     test = report.test
     if test is not None:
