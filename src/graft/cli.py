@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser(
         "evaluate", help="score a bundle on labeled data",
-        description="Score a bundle on labeled data it never saw: metrics, 95% bootstrap intervals, "
+        description="Score a bundle on labeled data it never saw: metrics with 95% intervals (Wilson, BCa), "
         "majority-class baseline, per-class scores and confusion matrix.",
         epilog=EVALUATE_EXAMPLES, formatter_class=raw,
     )  # fmt: skip
