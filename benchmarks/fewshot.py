@@ -165,6 +165,7 @@ def run_graft(cell: Cell, strategy: str) -> tuple[float, float, dict]:
         model = graft.fit(
             str(cell.train_csv), backbone="minilm", strategy=strategy, test=str(cell.test_csv),
             progress=False, config=RunConfig(train=TrainConfig(seed=cell.seed)),
+            baselines="none",  # the probe / scratch baselines are evaluation extras, not model building
         )  # fmt: skip
         seconds = time.perf_counter() - t
     finally:

@@ -73,7 +73,7 @@ def finetuned_accuracy(spec: str, weights: str | None, train: dict, test: dict, 
     config = RunConfig().replace("train", epochs=args.finetune_epochs, batch_size=64, lr=3e-4,
                                  head_lr=3e-3, patience=args.finetune_epochs, seed=args.seed)  # fmt: skip
     model = graft.fit(train, backbone=spec, weights=weights, strategy="full", test=test, config=config,
-                      progress=False)  # fmt: skip
+                      progress=False, baselines="none")  # fmt: skip
     return float(model.report_.test.metrics["accuracy"])
 
 

@@ -80,7 +80,7 @@ def run_one(dataset: str, strategy: str, train: dict, test: dict, seed: int, cac
     t = time.perf_counter()
     model = graft.fit(
         train, strategy=strategy, test=test, progress=False,
-        config=RunConfig(train=TrainConfig(seed=seed)), **fit_kwargs(dataset),
+        config=RunConfig(train=TrainConfig(seed=seed)), baselines="none", **fit_kwargs(dataset),
     )  # fmt: skip
     seconds = time.perf_counter() - t
     report = model.report_

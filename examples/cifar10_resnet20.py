@@ -81,8 +81,14 @@ def main() -> None:
     rows = []
     for name, kwargs in runs.items():
         t = time.perf_counter()
-        model = graft.fit(train, test=test, out=Path(args.out) / name.split(" (")[0].replace(" ", "-"),
-                          overwrite=True, **kwargs)  # fmt: skip
+        model = graft.fit(
+            train,
+            test=test,
+            out=Path(args.out) / name.split(" (")[0].replace(" ", "-"),
+            overwrite=True,
+            baselines="none",
+            **kwargs,
+        )  # fmt: skip  (it runs its own)
         result = model.report_.test
         if kwargs["strategy"] == "auto":
             print(model.report_.strategy["reason"])

@@ -128,3 +128,73 @@ def test_predictions_are_deterministic(tiny_source, sentiment_csv):
     a = graft.fit(sentiment_csv, backbone=tiny_source, strategy="linear_probe", progress=False)
     b = graft.fit(sentiment_csv, backbone=tiny_source, strategy="linear_probe", progress=False)
     np.testing.assert_array_equal(a.predict_proba(["great", "dull"]), b.predict_proba(["great", "dull"]))
+
+
+def test_a_fine_tune_is_compared_with_the_probe_on_the_same_rows(tiny_source, sentiment_csv):
+    cfg = RunConfig(train=TrainConfig(epochs=1))
+    model = graft.fit(sentiment_csv, backbone=tiny_source, strategy="full", config=cfg, progress=False)
+    test = model.report_.test
+    assert set(test.baselines) >= {"prior", "majority", "linear_probe"}
+    assert 0 <= test.baselines["linear_probe"]["accuracy"] <= 1
+    gain = test.comparisons["linear_probe"]["accuracy"]
+    expected = test.metrics["accuracy"] - test.baselines["linear_probe"]["accuracy"]
+    assert gain["difference"] == pytest.approx(expected)
+    lo, hi = gain["interval_95"]
+    assert lo <= gain["difference"] <= hi
+    assert model.report_.data["baselines"]["linear_probe"].startswith("trained")
+    assert "gain over the frozen linear probe" in model.report_.to_html()
+
+
+def test_baselines_none_and_a_shipped_probe_train_nothing_more(tiny_source, sentiment_csv):
+    probe = graft.fit(sentiment_csv, backbone=tiny_source, strategy="linear_probe", progress=False)
+    assert "linear_probe" not in probe.report_.test.baselines
+    assert "shipped model is the linear probe" in probe.report_.data["baselines"]["linear_probe"]
+    none = graft.fit(sentiment_csv, backbone=tiny_source, strategy="full", baselines="none", progress=False,
+                     config=RunConfig(train=TrainConfig(epochs=1)))  # fmt: skip
+    assert set(none.report_.test.baselines) == {"prior", "majority"} and not none.report_.test.comparisons
+
+
+def test_probabilities_are_calibrated_on_out_of_fold_outputs_and_the_bundle_keeps_it(
+    tiny_source, sentiment_csv, tmp_path
+):
+    from graft.evaluation.calibration import softmax
+
+    model = graft.fit(sentiment_csv, backbone=tiny_source, strategy="linear_probe", out=tmp_path / "r",
+                      progress=False)  # fmt: skip
+    cal = model.report_.test.calibration
+    assert cal["temperature"] > 0 and "out-of-fold outputs" in cal["fitted_on"]
+    assert 0 <= cal["ece_after"] <= 1 and 0 <= cal["ece_before"] <= 1 and cal["reliability_after"]
+    assert {"log_loss", "brier", "roc_auc", "pr_auc", "ece"} <= set(model.report_.test.metrics)
+    loaded = graft.load(tmp_path / "r")
+    assert loaded.manifest_["calibration"]["temperature"] == pytest.approx(cal["temperature"])
+    texts = ["a great film", "an awful film", "it was fine"]
+    logits = loaded._outputs(texts, cache=False, progress=False).numpy()
+    proba = loaded.predict_proba(texts)
+    assert np.allclose(proba, softmax(logits / cal["temperature"]), atol=1e-5)
+    assert np.array_equal(proba.argmax(1), logits.argmax(1))
+    assert "Calibration" in (tmp_path / "r" / "bundle" / "report.html").read_text()
+
+
+def test_target_precision_stores_a_threshold_and_predict_abstains_below_it(tiny_source, tmp_path):
+    rows = make_sentiment(60)
+    # a third of the texts carry no sentiment word: the model cannot be confident about them
+    rows += [
+        (" ".join(random.Random(i).sample(FILLER, 4)), "positive" if i % 2 else "negative") for i in range(40)
+    ]
+    texts, labels = [t for t, _ in rows], [y for _, y in rows]
+    cfg = RunConfig(evaluation=graft.EvalConfig(target_precision=0.9))
+    model = graft.fit(texts, labels=labels, backbone=tiny_source, strategy="linear_probe", progress=False,
+                      config=cfg, out=tmp_path / "r")  # fmt: skip
+    abstain = model.report_.test.abstain
+    chosen, test = abstain["chosen"], abstain["test"]
+    assert chosen["target_precision"] == 0.9 and 0 < chosen["threshold"] <= 1
+    assert 0 <= test["coverage"] <= 1 and test["answered"] <= test["rows"]
+    assert len(abstain["curve"]) > 1 and abstain["curve"][-1]["coverage"] == 1.0
+    loaded = graft.load(tmp_path / "r")
+    assert loaded.manifest_["abstain"]["threshold"] == pytest.approx(chosen["threshold"])
+    proba = loaded.predict_proba(texts)
+    answers = loaded.predict(texts)
+    low = proba.max(1) < chosen["threshold"]
+    assert [a == "abstain" for a in answers] == low.tolist()
+    assert "abstain" not in loaded.predict(texts, abstain=False)
+    assert "--target-precision" in (tmp_path / "r" / "bundle" / "report.html").read_text()

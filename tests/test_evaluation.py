@@ -58,3 +58,82 @@ def test_report_html_is_self_contained_and_escaped():
     html = RunReport(backbone="minilm", task="multiclass", label_space=["<b>", "ok"], test=r).to_html()
     assert "&lt;b&gt;" in html and "<b>" not in html.replace("<b>Strategy", "")
     assert "http" not in html  # nothing fetched from elsewhere
+
+
+def test_the_prior_baseline_is_the_expected_score_of_guessing_with_training_frequencies():
+    from graft.evaluation.comparison import prior_metrics
+
+    rng = np.random.default_rng(0)
+    train = np.array([0] * 60 + [1] * 30 + [2] * 10)
+    test = rng.choice(3, size=400, p=[0.5, 0.3, 0.2])
+    fitted = fit_majority("multiclass", train, 3)
+    exact = prior_metrics("multiclass", fitted, test, 3)
+    draws = [rng.choice(3, size=400, p=fitted["frequencies"]) for _ in range(400)]
+    assert exact["accuracy"] == pytest.approx(np.mean([np.mean(d == test) for d in draws]), abs=0.005)
+    assert exact["balanced_accuracy"] == pytest.approx(
+        np.mean([skm.balanced_accuracy_score(test, d) for d in draws]), abs=0.01
+    )
+    assert exact["macro_f1"] == pytest.approx(
+        np.mean([skm.f1_score(test, d, average="macro") for d in draws]), abs=0.01
+    )
+    # at 8 labels per class every class ties: the prior is chance (1/6 on TREC), not a tie-broken class
+    tied = fit_majority("multiclass", np.repeat(np.arange(6), 8), 6)
+    assert prior_metrics("multiclass", tied, rng.integers(0, 6, 500), 6)["accuracy"] == pytest.approx(1 / 6)
+
+
+def test_temperature_scaling_fixes_overconfident_logits_and_keeps_the_classes():
+    from graft.evaluation.calibration import expected_calibration_error, fit_temperature, softmax
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 2000)
+    true_logits = rng.normal(size=(2000, 4)) + 1.5 * np.eye(4)[y]
+    # labels drawn from softmax(true_logits): the model below is 3x overconfident
+    y = np.array([rng.choice(4, p=p) for p in softmax(true_logits)])
+    logits = 3.0 * true_logits
+    t = fit_temperature(logits[:1000], y[:1000])
+    assert t == pytest.approx(3.0, rel=0.15)
+    before = expected_calibration_error(softmax(logits[1000:]), y[1000:])
+    after = expected_calibration_error(softmax(logits[1000:] / t), y[1000:])
+    assert after < before / 2
+    assert np.array_equal(softmax(logits / t).argmax(1), logits.argmax(1))
+    assert fit_temperature(logits[:5], np.zeros(5, dtype=int)) == 1.0  # a single class: nothing to fit
+
+
+def test_probability_metrics_match_scikit_learn():
+    from graft.evaluation.metrics import probability_metrics
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 200)
+    p = rng.dirichlet(np.ones(3), 200) * 0.5 + 0.5 * np.eye(3)[y]
+    got = probability_metrics("multiclass", y, p)
+    assert got["log_loss"] == pytest.approx(skm.log_loss(y, p))
+    assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p, multi_class="ovr"))
+    assert got["pr_auc"] == pytest.approx(
+        np.mean([skm.average_precision_score(y == c, p[:, c]) for c in range(3)])
+    )
+    assert got["brier"] == pytest.approx(np.mean(((p - np.eye(3)[y]) ** 2).sum(1)))
+    yb = rng.integers(0, 2, 100)
+    pb = np.column_stack([1 - (s := np.clip(rng.random(100) * 0.6 + 0.4 * yb, 0, 1)), s])
+    got = probability_metrics("multiclass", yb, pb)
+    assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(yb, pb[:, 1]))
+    assert got["pr_auc"] == pytest.approx(skm.average_precision_score(yb, pb[:, 1]))
+
+
+def test_the_abstain_threshold_reaches_the_target_on_validation_and_ties_go_together():
+    from graft.evaluation.abstain import choose_threshold, coverage_curve, measure
+
+    # confidences 0.9 (right), 0.8 (right), 0.8 (wrong), 0.7 (right), 0.6 (wrong)
+    proba = np.array([[0.9, 0.1], [0.8, 0.2], [0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
+    y = np.array([0, 0, 0, 0, 1 - 1])
+    # answering >= 0.7: 3 of 4 right; >= 0.8: 2 of 3 (both 0.8s together, never one of them)
+    chosen = choose_threshold(proba, y, 0.75)
+    assert chosen["threshold"] == 0.7 and chosen["validation_coverage"] == pytest.approx(0.8)
+    chosen = choose_threshold(proba, y, 0.8)
+    assert chosen["threshold"] == 0.9 and chosen["validation_coverage"] == pytest.approx(0.2)
+    assert choose_threshold(proba, y, 0.6)["threshold"] == pytest.approx(0.6)  # 3 of 5 right
+    nothing = choose_threshold(np.array([[0.6, 0.4]]), np.array([1]), 0.9)
+    assert nothing["validation_coverage"] == 0 and nothing["threshold"] > 0.6
+    got = measure(proba, y, 0.75)
+    assert got["answered"] == 3 and got["precision"] == pytest.approx(2 / 3) and got["coverage"] == 0.6
+    curve = coverage_curve(proba, y)
+    assert curve[0]["coverage"] == 0.2 and curve[0]["accuracy"] == 1.0 and curve[-1]["coverage"] == 1.0

@@ -86,4 +86,4 @@ def test_demo_runs(tmp_path, capsys):
 
     run_demo(tmp_path / "demo", progress=False)
     out = capsys.readouterr().out
-    assert "majority-class baseline" in out and (tmp_path / "demo" / "bundle" / "report.html").is_file()
+    assert "prior (chance) baseline" in out and (tmp_path / "demo" / "bundle" / "report.html").is_file()

@@ -226,7 +226,7 @@ def test_image_demo_runs_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert set(accuracies) == {"linear probe (pre-trained)", "full fine-tune (pre-trained)",
                                "from scratch (same network)"}  # fmt: skip
-    assert "majority class" in out and "10 labeled images per class" in out
+    assert "prior (chance)" in out and "10 labeled images per class" in out
     assert graft.load(tmp_path / "demo" / "full-fine-tune").modality == "image"
 
 

@@ -34,6 +34,7 @@ _LAZY = {
     "BackboneConfig": "graft.config",
     "StrategyConfig": "graft.config",
     "TrainConfig": "graft.config",
+    "EvalConfig": "graft.config",
     "create_backbone": "graft.backbones",
     "list_backbones": "graft.backbones",
     "register_backbone": "graft.backbones",

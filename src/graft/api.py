@@ -29,6 +29,7 @@ import torch
 
 from graft.backbones import create_backbone, source_modality
 from graft.backbones.base import Backbone, Contract, check_modality
+from graft.baselines import add_baselines
 from graft.bundle import load_network, make_manifest, read_manifest, save_bundle
 from graft.config import BackboneConfig, DataConfig, RunConfig, StrategyConfig
 from graft.data import Dataset, detect_modality, layout_splits, read_dataset, read_inputs
@@ -37,8 +38,9 @@ from graft.distributed import barrier, is_main_process
 from graft.engine import Callback
 from graft.errors import ContractError
 from graft.evaluation import EvaluationResult, RunReport, fit_majority
-from graft.evaluation.outputs import decode_outputs, head_outputs, score_outputs
-from graft.evaluation.report import leakage_sentences
+from graft.evaluation.calibration import scale
+from graft.evaluation.outputs import decode_outputs, head_outputs, predicted_targets, score_outputs
+from graft.evaluation.report import comparison_sentences, leakage_sentences
 from graft.features import FeatureCache, extract_features
 from graft.heads import TaskModel
 from graft.protocols import make_protocol
@@ -144,15 +146,37 @@ class Model:
         return self.activated(self.inputs(inputs, text_col, encoding), progress=progress)
 
     def activated(self, examples: list[str], *, progress: bool = False) -> np.ndarray:
-        """Probabilities (or values) for examples already checked by :meth:`inputs`."""
-        return self.network_.head.activate(self._outputs(examples, cache=False, progress=progress)).numpy()
+        """Probabilities (calibrated, where the bundle holds a temperature) or values for examples
+        already checked by :meth:`inputs`."""
+        outputs = self._outputs(examples, cache=False, progress=progress)
+        return self.network_.head.activate(scale(outputs, self.manifest_.get("calibration"))).numpy()
 
     def predict(
-        self, inputs: Any, *, text_col: str | None = None, encoding: str | None = None, progress: bool = False
+        self,
+        inputs: Any,
+        *,
+        text_col: str | None = None,
+        encoding: str | None = None,
+        progress: bool = False,
+        abstain: bool = True,
     ) -> list[Any]:
-        """Labels (multiclass), lists of labels (multilabel, threshold 0.5) or values (regression)."""
+        """Labels (multiclass), lists of labels (multilabel, threshold 0.5) or values (regression).
+
+        A bundle fitted with ``--target-precision`` answers ``"abstain"`` where the top calibrated
+        probability is below its threshold (``abstain=False``: always the top label)."""
         values = self.activated(self.inputs(inputs, text_col, encoding), progress=progress)
-        return decode_outputs(self.task, self.label_space, values)
+        return self.decide(values, abstain=abstain)
+
+    def decide(self, activated: np.ndarray, *, abstain: bool = True) -> list[Any]:
+        """Answers from activated outputs (see :meth:`predict`)."""
+        answers = decode_outputs(self.task, self.label_space, activated)
+        rule = self.manifest_.get("abstain") if abstain and self.task == "multiclass" else None
+        if rule:
+            from graft.evaluation.abstain import ABSTAIN
+
+            low = activated.max(1) < rule["threshold"]
+            answers = [ABSTAIN if skip else a for a, skip in zip(answers, low, strict=True)]
+        return answers
 
     # -- evaluation ----------------------------------------------------------------------------
     def evaluate(
@@ -189,7 +213,9 @@ class Model:
                 self.contract.get("text_col") or self.contract.get("path_col"), self.contract.get("label_col")
             ),
         )  # fmt: skip
-        outputs = self._outputs(ds.examples, cache=True, progress=progress)
+        outputs = scale(
+            self._outputs(ds.examples, cache=True, progress=progress), self.manifest_.get("calibration")
+        )
         result = score_outputs(
             self.network_.head, self.task, self.label_space, outputs, ds.targets, self.manifest_["majority"]
         )
@@ -263,6 +289,7 @@ def _resolve_config(config: RunConfig | None, **given: Any) -> RunConfig:
         "label_regex": ("data", "label_regex"),
         "val": ("data", "val"),
         "test": ("data", "test"),
+        "baselines": ("evaluation", "baselines"),
     }
     for key, value in given.items():
         if value is not None:
@@ -285,6 +312,7 @@ def fit(
     weights: str | None = None,
     val: Any = None,
     test: Any = None,
+    baselines: str | None = None,
     out: str | Path | None = None,
     config: RunConfig | None = None,
     resume: bool = False,
@@ -306,6 +334,7 @@ def fit(
         strategy: ``auto`` (default), ``linear_probe``, ``partial`` or ``full``.
         task: ``multiclass``, ``multilabel`` or ``regression``; inferred when omitted.
         val, test: separate validation / test data (file paths); split from ``data`` otherwise.
+        baselines: ``auto`` (default), ``none``, ``cheap`` or ``all``: see :class:`EvalConfig`.
         out: run folder: ``config.yaml``, ``run.json``, ``checkpoints/`` and the ``bundle/``.
         config: a full :class:`RunConfig`; the arguments above override its fields.
         resume: continue the interrupted run in ``out``.
@@ -323,6 +352,7 @@ def fit(
         config, backbone=given_backbone.source if given_backbone else backbone, strategy=strategy, task=task,
         text_col=text_col, path_col=path_col, label_col=label_col, label_regex=label_regex, weights=weights,
         val=val if isinstance(val, str | Path) else None, test=test if isinstance(test, str | Path) else None,
+        baselines=baselines,
     )  # fmt: skip
     check_run_flags(out, resume=resume, overwrite=overwrite)
     run_data = _read_run_data(data, cfg, labels, val, test, given_backbone, progress)  # 1. read, check names
@@ -344,15 +374,42 @@ def fit(
         trained = train_final(bench, protocol, choice)  # 5. the final model
         if trained.shipped_reason:
             _say(progress, f"note: {trained.shipped_reason}")
-        t = time.perf_counter()
-        result = bench.evaluate(
-            trained, protocol.test, protocol.final_data(trained.frozen_backbone)[0].targets
-        )
-        bench.timings["evaluate"] = time.perf_counter() - t  # 6. honest evaluation on held-out data
+        result, predicted = _evaluate(bench, protocol, choice, trained)  # 6. honest evaluation, calibrated
         _say(progress, f"test ({len(protocol.test)}): {result.headline()}")
-        if run_data.cfg.data.refit == "all":  # 7. optionally, the same recipe on the test rows too
+        spent = time.perf_counter() - t_start  # 7. what transfer bought: baselines on the same rows
+        baselines = add_baselines(bench, protocol, choice, predicted, result, spent)
+        for line in comparison_sentences(result):
+            _say(progress, line)
+        if run_data.cfg.data.refit == "all":  # 8. optionally, the same recipe on the test rows too
             trained = train_final(bench, protocol, choice, add=protocol.test)
-        return _finish(run_data, bench, protocol, choice, trained, result, run, progress)  # 8. save
+        return _finish(run_data, bench, protocol, choice, trained, result, run, progress, baselines)  # 9.
+
+
+def _evaluate(
+    bench: Workbench, protocol: Any, choice: Any, trained: Any
+) -> tuple[EvaluationResult, np.ndarray]:
+    """Step 6 of :func:`fit`: the shipped model on the test rows. Its temperature and its abstain
+    threshold are fitted on the out-of-fold outputs of its recipe; the test rows only measure them."""
+    from graft.evaluation.abstain import abstain_report
+    from graft.evaluation.calibration import calibration_report, fit_calibration
+
+    t = time.perf_counter()
+    head, test, sel, task = trained.network.head, protocol.test, choice.selection, bench.task
+    logits = bench.outputs(trained, test, "scoring test set")
+    calibration = fit_calibration(task, sel and sel.oof, protocol.choose_on.targets, sel and sel.how)
+    activated = head.activate(scale(logits, calibration)).numpy()
+    result = bench.evaluate(activated, test, protocol.final_data(trained.frozen_backbone)[0].targets)
+    if calibration:
+        before = head.activate(logits).numpy()
+        result.calibration = calibration_report(calibration, before, activated, test.targets)
+    if task == "multiclass":
+        oof = sel.oof if sel is not None else None
+        oof_proba = None if oof is None else head.activate(scale(oof[1], calibration)).numpy()
+        oof_targets = None if oof is None else protocol.choose_on.targets[oof[0]]
+        target = bench.cfg.evaluation.target_precision
+        result.abstain = abstain_report(target, oof_proba, oof_targets, activated, test.targets)
+    bench.timings["evaluate"] = time.perf_counter() - t
+    return result, predicted_targets(task, activated)
 
 
 @dataclasses.dataclass
@@ -449,11 +506,12 @@ def _workbench(
     return bench
 
 
-def _finish(run_data, bench, protocol, choice, trained, result, run, progress) -> Model:
-    """Step 8 of :func:`fit`: the report, the manifest, and the bundle in the run folder."""
+def _finish(run_data, bench, protocol, choice, trained, result, run, progress, baselines) -> Model:
+    """Step 9 of :func:`fit`: the report, the manifest, and the bundle in the run folder."""
     cfg, source = run_data.cfg, run_data.source
     strategy = strategy_record(choice, trained, cfg.strategy, refit=cfg.data.refit)
     data = protocol.summary(source, run_data.truncated, run_data.val, run_data.test, trained.frozen_backbone)
+    data["baselines"] = baselines
     if cfg.data.refit == "all":
         data["refit"] = (
             f"--refit all: after the evaluation the shipped model was trained again on the {data['train']} "
@@ -479,6 +537,8 @@ def _finish(run_data, bench, protocol, choice, trained, result, run, progress) -
         majority=fit_majority(source.task, protocol.final_data(trained.frozen_backbone)[0].targets,
                               len(source.label_space)),
         pretrained_sha256=bench.weights_sha256, fingerprint=run_data.fingerprint,
+        calibration={k: v for k, v in result.calibration.items() if k in ("temperature", "fitted_on")},
+        abstain=result.abstain.get("chosen"),
     )  # fmt: skip
     model = Model(trained.network, manifest, report)
     barrier()  # under accelerate launch: every process is done training before the folder is finished

@@ -98,6 +98,8 @@ def make_manifest(
     majority: dict[str, Any],
     pretrained_sha256: str,
     fingerprint: str,
+    calibration: dict[str, Any] | None = None,
+    abstain: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest of a trained network (a TaskModel) fitted on ``source`` (a Dataset) with ``cfg``
     (a RunConfig) and evaluated as ``result``; :func:`save_bundle` adds versions, hashes and integrity."""
@@ -125,6 +127,8 @@ def make_manifest(
             "n_test": result.n,
         },
         "majority": majority,
+        **({"calibration": calibration} if calibration else {}),
+        **({"abstain": abstain} if abstain else {}),
         "provenance": {
             "backbone_source": cfg.backbone.source,
             "backbone_weights_sha256": pretrained_sha256,

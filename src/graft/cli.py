@@ -22,6 +22,7 @@ from typing import Any, Literal, TextIO
 from graft.config import (
     BackboneConfig,
     DataConfig,
+    EvalConfig,
     RunConfig,
     StrategyConfig,
     TrainConfig,
@@ -37,6 +38,7 @@ SECTIONS = (
     ("backbone", BackboneConfig, "backbone"),
     ("strategy", StrategyConfig, "strategy"),
     ("train", TrainConfig, "training"),
+    ("evaluation", EvalConfig, "evaluation"),
 )
 
 FIT_EXAMPLES = """\
@@ -166,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser(
         "fit", help="fit a backbone + new head to labeled data, evaluate, save a bundle",
         description="Fit a pretrained backbone and a new head to labeled data; evaluate on held-out data "
-        "(with the majority-class baseline and 95% intervals); write the bundle to OUT/bundle.",
+        "(with 95% intervals and the prior and probe baselines); write the bundle to OUT/bundle.",
         epilog=FIT_EXAMPLES, formatter_class=raw,
     )  # fmt: skip
     fit.add_argument(
@@ -184,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "evaluate", help="score a bundle on labeled data",
         description="Score a bundle on labeled data it never saw: metrics with 95% intervals (Wilson, BCa), "
-        "majority-class baseline, per-class scores and confusion matrix.",
+        "the prior (chance) baseline, per-class scores and confusion matrix.",
         epilog=EVALUATE_EXAMPLES, formatter_class=raw,
     )  # fmt: skip
     ev.add_argument("bundle", help="bundle folder, or the run folder written by `graft fit --out`")
@@ -240,12 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     pre.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     _add_common(pre)
-    _add_config_options(pre, skip=("backbone", "strategy"), base=pretrain_defaults())
+    _add_config_options(pre, skip=("backbone", "strategy", "evaluation"), base=pretrain_defaults())
 
     demo = sub.add_parser(
         "demo", help="a tour: text (default) or image transfer on generated/bundled data",
         description="`graft demo` (text): writes a support-ticket intent dataset (7 intents), fits the "
-        "packaged MiniLM with --strategy auto, evaluates against the majority baseline, saves a bundle "
+        "packaged MiniLM with --strategy auto, evaluates against the prior baseline, saves a bundle "
         "and predicts new tickets. `graft demo image`: pre-trains a small CNN on scikit-learn's digits "
         "0-4, then transfers it to digits 5-9 with 10 labels per class and compares a linear probe, a "
         "full fine-tune and the same network trained from scratch.",
@@ -404,9 +406,11 @@ def _metrics_payload(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _print_metrics(payload: dict[str, Any], out: TextIO) -> None:
-    base = payload.get("baselines", {}).get("majority", {})
+    baselines = payload.get("baselines", {})
+    which = "prior" if "prior" in baselines else "majority"  # bundles before 2026-12: majority only
+    base = baselines.get(which, {})
     intervals = payload.get("intervals_95", {})
-    print(f"{'metric':<20}{'model':>10}{'95% interval':>22}{'majority':>12}", file=out)
+    print(f"{'metric':<20}{'model':>10}{'95% interval':>22}{which:>12}", file=out)
     for name, value in payload["metrics"].items():
         ci = intervals.get(name)
         ci_text = f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else ""
@@ -456,7 +460,7 @@ def cmd_predict(args: argparse.Namespace, out: TextIO) -> int:
         rows = [{key: t, "prediction": v} for t, v in zip(texts, values, strict=True)]
     else:
         proba = activated
-        labels = decode_outputs(model.task, model.label_space, proba)
+        labels = model.decide(proba)
         rows = []
         for text, label, p in zip(texts, labels, proba, strict=True):
             row: dict[str, Any] = {

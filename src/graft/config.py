@@ -27,6 +27,7 @@ StrategyKind = Literal[
 Refit = Literal["train", "all"]
 Precision = Literal["auto", "no", "fp16", "bf16"]
 Augment = Literal["auto", "none", "crop", "crop_flip"]
+Baselines = Literal["auto", "none", "cheap", "all"]
 
 
 def _help(text: str, flag: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -310,6 +311,34 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """How the shipped model is evaluated on held-out data (see docs/evaluation.md)."""
+
+    baselines: Baselines = field(
+        default="auto",
+        metadata=_help(
+            "models trained beside yours on the same protocol, so the report shows what transfer bought: "
+            "none (the prior only); cheap (+ the frozen linear probe); all (+ the same network from "
+            "scratch); auto: the scratch network too when 3 epochs of it fit in the time the model took "
+            "(at least a minute, within --budget)"
+        ),
+    )
+    target_precision: float | None = field(
+        default=None,
+        metadata=_help(
+            "multiclass: choose (on out-of-fold outputs, never the test rows) the confidence below which "
+            "predict answers 'abstain', so that answered predictions are right this often, e.g. 0.95"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if self.target_precision is not None and not (0 < self.target_precision < 1):
+            raise ConfigError(
+                f"target_precision must be between 0 and 1 (e.g. 0.95), got {self.target_precision}"
+            )
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one ``fit`` needs, as saved in ``<run>/config.yaml``."""
 
@@ -317,6 +346,7 @@ class RunConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -365,6 +395,7 @@ def pretrain_defaults() -> RunConfig:
     return RunConfig(
         data=DataConfig(folds=1),  # one early-stopping hold-out: 30 epochs from scratch per fold is too much
         strategy=StrategyConfig(kind="full"),
+        evaluation=EvalConfig(baselines="none"),  # a random-init network: no probe or scratch to compare
         train=TrainConfig(epochs=30, lr=2e-3, head_lr=2e-3, batch_size=64, patience=6, warmup_ratio=0.05,
                           weight_decay=5e-4),
     )  # fmt: skip

@@ -217,12 +217,12 @@ def run_demo(out: Path, progress: bool = True) -> None:
         status = "" if row["status"] == "scored" else row["status"]
         say(f"     {row['strategy']:<13} {score:<16} {status}".rstrip())
     test = report.test
-    base = test.baselines["majority"]
+    base = test.baselines["prior"]
     say(f"3. held-out test set ({test.n} tickets never used for training or model choice):")
     for name in ("accuracy", "macro_f1"):
         lo, hi = test.intervals[name]
         say(f"   {name:<9} {test.metrics[name]:.3f}  (95% interval {lo:.3f}-{hi:.3f})   "
-            f"majority-class baseline {base[name]:.3f}")  # fmt: skip
+            f"prior (chance) baseline {base[name]:.3f}")  # fmt: skip
     bundle = out / "bundle"
     say(f"4. bundle written to {bundle} (report: {bundle / 'report.html'})")
     loaded = graft.load(bundle)

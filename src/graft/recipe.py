@@ -88,10 +88,14 @@ class Selection:
     detail: dict[str, Any] = field(default_factory=dict)
     # the model of a single hold-out fold: it is the final model of a fine-tuning strategy
     trained: Trained | None = None
+    # out-of-fold raw outputs of the chosen settings: (row indices into the data chosen on, outputs);
+    # the temperature of the shipped model is fitted on them
+    oof: tuple[np.ndarray, torch.Tensor] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(dataclasses.replace(self, trained=None))
+        data = dataclasses.asdict(dataclasses.replace(self, trained=None, oof=None))
         data.pop("trained")
+        data.pop("oof")
         return _finite(data)
 
 
@@ -178,8 +182,13 @@ class Workbench:
         return head_outputs(trained.network.head, feats)
 
     def score(self, trained: Trained, data: Dataset) -> float:
+        return self.scored_outputs(trained, data)[0]
+
+    def scored_outputs(self, trained: Trained, data: Dataset) -> tuple[float, torch.Tensor]:
+        """The selection metric of a trained model on ``data``, and its raw outputs there."""
+        outputs = self.outputs(trained, data, "scoring validation")
         metric = metric_fn_for(trained.network.head, self.task)
-        return metric(self.outputs(trained, data, "scoring validation"), torch.as_tensor(data.targets))
+        return metric(outputs, torch.as_tensor(data.targets)), outputs
 
     # -- building blocks -----------------------------------------------------------------------
     def new_head(self, train: Dataset) -> Head:
@@ -231,16 +240,29 @@ class Workbench:
             self._step_seconds = 1.33 * min(timings[1:]) / n
         return self._step_seconds
 
-    def evaluate(self, trained: Trained, data: Dataset, train_targets: np.ndarray) -> EvaluationResult:
-        """Metrics, intervals and the majority baseline (fitted on ``train_targets``) on held-out data."""
-        from graft.evaluation import fit_majority
-        from graft.evaluation.outputs import score_outputs
+    def activated(self, trained: Trained, data: Dataset, desc: str = "scoring test set") -> np.ndarray:
+        """Activated outputs of a trained model on ``data``: class probabilities, label probabilities
+        or values."""
+        return trained.network.head.activate(self.outputs(trained, data, desc)).numpy()
+
+    def predict(self, trained: Trained, data: Dataset, desc: str = "scoring test set") -> np.ndarray:
+        """Predicted targets of a trained model on ``data`` (class ids, a 0/1 matrix or values)."""
+        from graft.evaluation.outputs import predicted_targets
+
+        return predicted_targets(self.task, self.activated(trained, data, desc))
+
+    def evaluate(self, activated: np.ndarray, data: Dataset, train_targets: np.ndarray) -> EvaluationResult:
+        """Metrics, intervals and the no-skill baselines (fitted on ``train_targets``) of a model's
+        activated outputs on held-out data."""
+        from graft.evaluation import evaluate_predictions, fit_majority
+        from graft.evaluation.outputs import predicted_targets
 
         majority = fit_majority(self.task, train_targets, len(self.label_space))
-        outputs = self.outputs(trained, data, "scoring test set")
-        return score_outputs(
-            trained.network.head, self.task, self.label_space, outputs, data.targets, majority
-        )
+        return evaluate_predictions(
+            self.task, data.targets, predicted_targets(self.task, activated), self.label_space,
+            majority=majority, seed=self.cfg.train.seed,
+            proba=None if self.task == "regression" else activated,
+        )  # fmt: skip
 
     # -- the linear probe ------------------------------------------------------------------------
     def choose_l2(self, x: torch.Tensor, targets: np.ndarray, *, for_init: bool = False) -> float:
@@ -275,12 +297,29 @@ class Workbench:
         from graft.probe import select_l2
 
         t = time.perf_counter()
-        chosen = select_l2(self.task, self.features(data), data.targets, folds=folds)
+        x = self.features(data)
+        chosen = select_l2(self.task, x, data.targets, folds=folds)
         best = next(row for row in chosen.table if row["l2"] == chosen.l2)
         return Selection(
             strategy.name, {"l2": chosen.l2}, chosen.score, best.get("score_std", 0.0), chosen.how,
             time.perf_counter() - t, fold_scores=chosen.fold_scores, detail={"grid": chosen.table},
+            oof=self._probe_oof(x, data, folds, chosen.l2),
         )  # fmt: skip
+
+    def _probe_oof(
+        self, x: torch.Tensor, data: Dataset, folds: list[Any], l2: float
+    ) -> tuple[np.ndarray, torch.Tensor] | None:
+        """Out-of-fold outputs of the probe with the chosen L2 (one more fit per fold: milliseconds)."""
+        from graft.probe import fit_linear_head
+
+        parts = []
+        for train_idx, val_idx in folds:
+            if len(val_idx) == 0 or np.max(val_idx) >= len(x):
+                return None
+            head = self.new_head(data.subset(train_idx))
+            fit_linear_head(head, x[torch.as_tensor(train_idx)], data.targets[train_idx], l2)
+            parts.append((np.asarray(val_idx), head_outputs(head, x[torch.as_tensor(val_idx)])))
+        return oof_from(parts)
 
     # -- fine-tuning through the engine --------------------------------------------------------
     def finetune(
@@ -388,12 +427,15 @@ def cross_validate(strategy: Strategy, bench: Workbench, data: Dataset, folds: l
     stopping and its model is kept: it is the final model."""
     t = time.perf_counter()
     single = len(folds) == 1
-    curves, kept = [], None
+    curves, kept, parts = [], None, []
     for i, (train_idx, val_idx) in enumerate(folds):
         if not single:
             bench.say(f"{strategy.name}: fold {i + 1} of {len(folds)}")
         with bench.checkpointing() if single else bench.full_curves():
             trained = strategy.train(bench, data.subset(train_idx), data.subset(val_idx), {})
+        parts.append(
+            (np.asarray(val_idx), bench.outputs(trained, data.subset(val_idx), "validation outputs"))
+        )
         start = trained.record.get("probe_val_metric")
         curves.append([math.nan if start is None else start] + [h["val_metric"] for h in trained.history])
         if not trained.history:  # no engine epochs (a strategy with its own selection)
@@ -410,7 +452,15 @@ def cross_validate(strategy: Strategy, bench: Workbench, data: Dataset, folds: l
         strategy.name, settings, float(mean[best]), float(np.std(table[seen[:, best], best])), how,
         time.perf_counter() - t, fold_scores=table[:, best].tolist(),
         detail={"epoch_curve": [None if math.isnan(v) else float(v) for v in mean]}, trained=kept,
+        oof=oof_from(parts),
     )  # fmt: skip
+
+
+def oof_from(parts: list[tuple[np.ndarray, torch.Tensor]]) -> tuple[np.ndarray, torch.Tensor] | None:
+    """Per-fold (validation indices, outputs) joined into one out-of-fold set."""
+    if not parts:
+        return None
+    return np.concatenate([idx for idx, _ in parts]), torch.cat([out for _, out in parts])
 
 
 def _pairs(ds: Dataset) -> list[tuple[Any, np.ndarray]]:

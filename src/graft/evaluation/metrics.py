@@ -45,6 +45,13 @@ class EvaluationResult:
     # rows or files of the evaluated data left out with skip_bad, each "where: why"
     skipped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # paired differences with other models on the same rows: {name: {metric: {difference, interval_95}}}
+    comparisons: dict[str, dict[str, Any]] = field(default_factory=dict)
+    baseline_intervals: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    # temperature scaling: the temperature, what it was fitted on, ECE and reliability before/after
+    calibration: dict[str, Any] = field(default_factory=dict)
+    # the coverage-accuracy curve; with --target-precision, the threshold and what it reached
+    abstain: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,18 +65,22 @@ class EvaluationResult:
             "confusion_matrix": self.confusion,
             "skipped": self.skipped,
             "notes": self.notes,
+            "baseline_intervals_95": self.baseline_intervals,
+            "comparisons": self.comparisons,
+            "calibration": self.calibration,
+            "abstain": self.abstain,
         }
 
     def headline(self) -> str:
         parts = []
-        base = self.baselines.get("majority", {})
+        base = self.baselines.get("prior", {})
         for name in HEADLINE[self.task]:
             text = f"{name} {self.metrics[name]:.3f}"
             if name in self.intervals:
                 lo, hi = self.intervals[name]
                 text += f" [{lo:.3f}, {hi:.3f}]"
             if name in base:
-                text += f" (majority baseline {base[name]:.3f})"
+                text += f" (prior baseline {base[name]:.3f})"
             parts.append(text)
         return "; ".join(parts)
 
@@ -106,12 +117,16 @@ def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def fit_majority(task: str, train_targets: np.ndarray, n_classes: int) -> dict[str, Any]:
-    """The majority baseline, fitted on training targets (JSON-able, so bundles carry it)."""
+    """The no-skill baselines, fitted on training targets (JSON-able, so bundles carry it): the
+    majority class (labels; the mean for regression) and the class ``frequencies`` that the prior
+    baseline draws from (see :mod:`graft.evaluation.comparison`)."""
     train_targets = np.asarray(train_targets)
     if task == "multiclass":
-        return {"class": int(np.bincount(train_targets, minlength=n_classes).argmax())}
+        counts = np.bincount(train_targets, minlength=n_classes)
+        return {"class": int(counts.argmax()), "frequencies": (counts / max(1, counts.sum())).tolist()}
     if task == "multilabel":
-        return {"labels": (train_targets.mean(0) > 0.5).astype(int).tolist()}
+        freq = train_targets.mean(0)
+        return {"labels": (freq > 0.5).astype(int).tolist(), "frequencies": freq.tolist()}
     return {"mean": float(np.mean(train_targets))}
 
 
@@ -122,6 +137,71 @@ def majority_predictions(task: str, majority: dict[str, Any], n: int) -> np.ndar
     if task == "multilabel":
         return np.tile(np.asarray(majority["labels"], dtype=np.float32), (n, 1))
     return np.full(n, majority["mean"], dtype=np.float32)
+
+
+# Ranking metrics' BCa jackknife costs tasks x rows x rows (~5 s at 20M here): above, the percentile
+# bootstrap (at that size BCa's correction is negligible).
+RANKING_BCA_MAX = 20_000_000
+
+
+def probability_metrics(task: str, y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """Log loss, Brier score, ROC-AUC and PR-AUC (average precision; macro over one-vs-rest classes or
+    labels) and ECE (multiclass) of predicted probabilities."""
+    if task == "regression":
+        return {}
+    per_row, scores, positives = _probability_rows(task, y_true, proba)
+    from graft.evaluation.calibration import expected_calibration_error
+    from graft.evaluation.intervals import ranking_stat
+
+    n_tasks = scores.shape[1]
+    ranking = ranking_stat(n_tasks)(np.column_stack([scores, positives]), np.ones((1, len(y_true))))[0]
+    out = {"log_loss": float(per_row[:, 0].mean()), "brier": float(per_row[:, 1].mean())}
+    if np.isfinite(ranking[0]):
+        out |= {"roc_auc": float(ranking[0]), "pr_auc": float(ranking[1])}
+    if task == "multiclass":
+        out["ece"] = expected_calibration_error(proba, y_true)
+    return out
+
+
+def _probability_rows(
+    task: str, y_true: np.ndarray, proba: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-row (log loss, Brier) and the one-vs-rest (scores, 0/1 outcomes) the ranking metrics use
+    (binary multiclass: the second class's score only, as scikit-learn does)."""
+    proba = np.clip(np.asarray(proba, dtype=np.float64), 1e-15, 1 - 1e-15)
+    if task == "multiclass":
+        onehot = np.eye(proba.shape[1])[np.asarray(y_true, dtype=np.int64)]
+        loss = -np.log(proba[np.arange(len(proba)), np.asarray(y_true, dtype=np.int64)])
+        brier = ((proba - onehot) ** 2).sum(1)
+        if proba.shape[1] == 2:
+            return np.column_stack([loss, brier]), proba[:, 1:], onehot[:, 1:]
+        return np.column_stack([loss, brier]), proba, onehot
+    truth = np.asarray(y_true, dtype=np.float64)
+    loss = -(truth * np.log(proba) + (1 - truth) * np.log(1 - proba)).mean(1)
+    brier = ((proba - truth) ** 2).mean(1)
+    return np.column_stack([loss, brier]), proba, truth
+
+
+def probability_intervals(
+    task: str, y_true: np.ndarray, proba: np.ndarray, seed: int
+) -> dict[str, list[float]]:
+    """BCa intervals of the log loss, Brier score, ROC-AUC and PR-AUC."""
+    from graft.evaluation import intervals as ci
+
+    if task == "regression" or len(y_true) < 2:
+        return {}
+    per_row, scores, positives = _probability_rows(task, y_true, proba)
+    out = {}
+    for j, name in enumerate(("log_loss", "brier")):
+        ((lo, hi),) = ci.bca(ci.mean_stat, *ci.row_types(per_row[:, j : j + 1]), seed=seed)
+        out[name] = [float(lo), float(hi)]
+    rows = np.column_stack([scores, positives])
+    method = ci.bca if scores.shape[1] * len(y_true) ** 2 <= RANKING_BCA_MAX else ci.percentile
+    bounds = method(ci.ranking_stat(scores.shape[1]), *ci.row_types(rows), seed=seed)
+    for j, name in enumerate(("roc_auc", "pr_auc")):
+        if np.all(np.isfinite(bounds[j])):
+            out[name] = [float(bounds[j, 0]), float(bounds[j, 1])]
+    return out
 
 
 def confidence_intervals(
@@ -203,8 +283,10 @@ def evaluate_predictions(
     majority: dict[str, Any] | None = None,
     split: str = "test",
     seed: int = 0,
+    proba: np.ndarray | None = None,
 ) -> EvaluationResult:
-    """Metrics, intervals, per-class scores, confusion matrix and the majority baseline."""
+    """Metrics, intervals, per-class scores, confusion matrix and the no-skill baselines; with the
+    predicted probabilities ``proba``, also log loss, Brier score, ROC-AUC, PR-AUC and ECE."""
     y_true = np.asarray(y_true)
     y_pred = np.asarray(y_pred)
     n_classes = len(label_space)
@@ -213,10 +295,14 @@ def evaluate_predictions(
     for c, name in enumerate(label_space):
         if str(c) in class_intervals and str(name) in per_class:
             per_class[str(name)]["intervals_95"] = class_intervals[str(c)]
+    metrics = task_metrics(task, y_true, y_pred)
+    if proba is not None:
+        metrics |= probability_metrics(task, y_true, proba)
+        intervals |= probability_intervals(task, y_true, proba, seed)
     result = EvaluationResult(
         task=task,
         n=len(y_true),
-        metrics=task_metrics(task, y_true, y_pred),
+        metrics=metrics,
         intervals=intervals,
         per_class=per_class,
         confusion=confusion(task, y_true, y_pred, label_space),
@@ -231,8 +317,12 @@ def evaluate_predictions(
             "included) are unreliable; trust accuracy's and balanced accuracy's."
         )
     if majority is not None:
+        from graft.evaluation.comparison import prior_metrics
+
         base = majority_predictions(task, majority, len(y_true))
         result.baselines["majority"] = task_metrics(task, y_true, base)
+        if "frequencies" in majority or task == "regression":  # bundles before 2026-12 lack them
+            result.baselines["prior"] = prior_metrics(task, majority, y_true, n_classes)
     return result
 
 

@@ -49,8 +49,9 @@ def score_outputs(
     """Metrics, intervals and baselines of raw ``outputs`` against ``targets``."""
     activated = head.activate(outputs).numpy()
     return evaluate_predictions(
-        task, targets, predicted_targets(task, activated), label_space, majority=majority, split=split
-    )
+        task, targets, predicted_targets(task, activated), label_space, majority=majority, split=split,
+        proba=None if task == "regression" else activated,
+    )  # fmt: skip
 
 
 def metric_fn_for(head: torch.nn.Module, task: str) -> Callable[[torch.Tensor, torch.Tensor], float]:

@@ -41,6 +41,29 @@ class RunReport:
         return render_html(self)
 
 
+BASELINE_NAMES = {
+    "prior": "prior (chance)",
+    "majority": "majority class",
+    "linear_probe": "frozen linear probe",
+    "scratch": "same network from scratch",
+}
+COMPARISON_NAMES = {
+    "linear_probe": "gain over the frozen linear probe (model - probe)",
+    "scratch": "transfer gain (model - same network from scratch)",
+}
+
+
+def comparison_sentences(test: EvaluationResult) -> list[str]:
+    """One sentence per comparison and headline metric, saying whether the test set can tell."""
+    from graft.evaluation.comparison import difference_sentence
+
+    return [
+        difference_sentence(COMPARISON_NAMES.get(name, f"model - {name}"), metric, diff)
+        for name, by_metric in test.comparisons.items()
+        for metric, diff in by_metric.items()
+    ]
+
+
 INTERVALS_NOTE = (
     "Intervals: Wilson for accuracy and per-class precision and recall, an adjusted normal interval for "
     "balanced accuracy, the BCa bootstrap for the others (simulated coverage >= 93% at 20, 50 and 500 "
@@ -93,6 +116,46 @@ def _strategy_html(strategy: dict[str, Any]) -> str:
     return line
 
 
+def _calibration_html(cal: dict[str, Any]) -> str:
+    rows = [
+        [f"{b['low']:.2f}-{b['high']:.2f}", b["count"], b["confidence"], b["accuracy"]]
+        for b in cal.get("reliability_after", [])
+    ]
+    return (
+        "<h2>Calibration</h2>"
+        f"<p>Temperature {_fmt(cal['temperature'])} (fitted on {_e(cal['fitted_on'])}; the test rows never "
+        f"touched it). Expected calibration error on the test rows: {_fmt(cal['ece_before'])} before, "
+        f"{_fmt(cal['ece_after'])} after. <code>predict_proba</code> returns the calibrated probabilities; "
+        "predicted classes do not change.</p>"
+        + _table(["confidence bin", "test rows", "mean confidence", "accuracy"], rows)
+    )
+
+
+def _abstain_html(abstain: dict[str, Any]) -> str:
+    curve = abstain.get("curve", [])
+    keep = [row for row in curve if round(row["coverage"] * 10) == row["coverage"] * 10] or curve[-1:]
+    rows = [[f"{row['coverage']:.0%}", row["threshold"], row["accuracy"]] for row in keep]
+    text = "<h2>Abstaining: coverage against accuracy</h2>"
+    if "chosen" in abstain:
+        chosen, test = abstain["chosen"], abstain["test"]
+        lo, hi = test["precision_95"]
+        text += (
+            f"<p><b>--target-precision {_fmt(chosen['target_precision'])}</b>: threshold "
+            f"{_fmt(chosen['threshold'])}, chosen on {chosen['validation_rows']} out-of-fold predictions "
+            f"(there: coverage {chosen['validation_coverage']:.0%}, precision "
+            f"{_fmt(chosen['validation_precision'])}). On the test rows it answered {test['answered']} of "
+            f"{test['rows']} (coverage {test['coverage']:.0%}) with precision {_fmt(test['precision'])} "
+            f"[{_fmt(lo)}, {_fmt(hi)}]; <code>predict</code> answers <code>abstain</code> for the rest.</p>"
+        )
+        if chosen["thin_evidence"]:
+            text += (
+                "<p class='note'>Few validation predictions were answered: the threshold is a rough guess</p>"
+            )
+    elif "note" in abstain:
+        text += f"<p class='note'>{_e(abstain['note'])}</p>"
+    return text + _table(["answer the most confident", "confidence threshold", "test accuracy"], rows)
+
+
 def _skipped_html(skipped: list[str]) -> str:
     if not skipped:
         return ""
@@ -132,21 +195,34 @@ def render_html(report: RunReport) -> str:
         parts.append(_skipped_html(report.data.get("skipped") or []))
     test = report.test
     if test is not None:
-        base = test.baselines.get("majority", {})
+        bases = [b for b in BASELINE_NAMES if b in test.baselines]
         rows = []
         for name, value in test.metrics.items():
             interval = test.intervals.get(name)
-            ci = f"[{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""
-            rows.append([name + (" *" if name in HEADLINE[test.task] else ""), value, ci, base.get(name, "")])
+            ci = f"[{_fmt(interval[0])}, {_fmt(interval[1])}]" if interval else ""
+            rows.append(
+                [name + (" *" if name in HEADLINE[test.task] else ""), value, ci]
+                + [test.baselines[b].get(name, "") for b in bases]
+            )
         parts.append(
             f"<h2>Held-out {_e(test.split)} set ({test.n} examples)</h2>"
-            + _table(["metric", "model", "95% interval", "majority-class baseline"], rows)
+            + _table(["metric", "model", "95% interval"] + [BASELINE_NAMES[b] for b in bases], rows)
             + "<p class='note'>* headline metrics. The test split never touched training or model choice. "
             + INTERVALS_NOTE
             + "</p>"
         )
         for note in test.notes:
             parts.append(f"<p class='note'>{_e(note)}</p>")
+        if test.comparisons:
+            items = "".join(f"<li>{_e(line)}</li>" for line in comparison_sentences(test))
+            parts.append(
+                "<h2>What transfer bought</h2><ul>" + items + "</ul><p class='note'>Paired 95% intervals: "
+                "both models scored on the same test rows, resampled together.</p>"
+            )
+        if test.calibration:
+            parts.append(_calibration_html(test.calibration))
+        if test.abstain:
+            parts.append(_abstain_html(test.abstain))
         if test.per_class:
             rows = [
                 [c, v["precision"], v["recall"], v["f1"], v["support"]] for c, v in test.per_class.items()

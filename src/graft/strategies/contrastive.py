@@ -71,12 +71,13 @@ class Contrastive(Strategy):
         return tuple(dict.fromkeys(round(f * schedule) for f in STEP_FRACTIONS))
 
     def select(self, bench: Workbench, data: Dataset, folds: list[Any]) -> Selection:
-        from graft.recipe import Selection
+        from graft.recipe import Selection, oof_from
 
         t = time.perf_counter()
         n_protocol, folds = len(folds), folds[:MAX_FOLDS]
         grid = self.step_grid(bench.cfg.strategy.contrastive_steps)
         scores = np.zeros((len(folds), len(grid)))
+        outputs: list[list[Any]] = [[None] * len(grid) for _ in folds]
         for i, (train_idx, val_idx) in enumerate(folds):
             if len(folds) > 1:
                 bench.say(f"contrastive: fold {i + 1} of {len(folds)}")
@@ -87,7 +88,7 @@ class Contrastive(Strategy):
                 if steps:
                     backbone.load_state_dict(snapshots[steps])
                 trained = self._probe(bench, backbone if steps else None, train, steps)
-                scores[i, j] = bench.score(trained, val)
+                scores[i, j], outputs[i][j] = bench.scored_outputs(trained, val)
         mean, std = scores.mean(0), scores.std(0)
         best = steps_choice(scores)
         table = [
@@ -100,6 +101,7 @@ class Contrastive(Strategy):
         return Selection(
             self.name, {"steps": grid[best]}, float(mean[best]), float(std[best]), how,
             time.perf_counter() - t, fold_scores=scores[:, best].tolist(), detail={"steps_grid": table},
+            oof=oof_from([(np.asarray(va), outputs[i][best]) for i, (_, va) in enumerate(folds)]),
         )  # fmt: skip
 
     def train(

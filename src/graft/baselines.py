@@ -1,0 +1,161 @@
+"""Baselines trained beside the shipped model on the same protocol, so the report can say what
+transfer bought.
+
+* **prior** (always): chance for the training class distribution; no training (see
+  :mod:`graft.evaluation.comparison`).
+* **linear_probe** (``--baselines cheap`` and up): the frozen pretrained backbone with a linear head,
+  its L2 chosen on the same folds and refit on the same training rows — the recipe of
+  ``--strategy linear_probe``. When the shipped model *is* the probe, its predictions serve.
+* **scratch** (``--baselines all``; ``auto`` within :func:`scratch_budget`): the same network from
+  random weights, trained with settings fit for training from scratch (see :func:`scratch_config`).
+
+Each trained baseline is scored on the test rows with intervals, and compared with the shipped model
+on the same rows (a paired interval of the difference). A skipped baseline is recorded with the
+reason.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from graft.evaluation import evaluate_predictions
+from graft.evaluation.comparison import paired_difference
+
+if TYPE_CHECKING:
+    from graft.config import RunConfig
+    from graft.evaluation import EvaluationResult
+    from graft.protocols import Protocol
+    from graft.recipe import Trained, Workbench
+    from graft.strategies.auto import Choice
+
+
+def add_baselines(
+    bench: Workbench,
+    protocol: Protocol,
+    choice: Choice,
+    predicted: np.ndarray,
+    result: EvaluationResult,
+    spent: float,
+) -> dict[str, Any]:
+    """Train the requested baselines, add their scores and paired comparisons to ``result``, and
+    return what was run or skipped (for the report). ``spent``: seconds the fit has taken so far."""
+    level = bench.cfg.evaluation.baselines
+    record: dict[str, Any] = {"level": level}
+    if level == "none":
+        return record
+    t = time.perf_counter()
+    if choice.strategy.name == "linear_probe":
+        record["linear_probe"] = "not trained again: the shipped model is the linear probe"
+    else:
+        probe_pred = _train_and_predict(bench, protocol, "linear_probe")
+        _score(bench, protocol, "linear_probe", probe_pred, predicted, result)
+        record["linear_probe"] = f"trained ({time.perf_counter() - t:.0f}s)"
+    if level in ("auto", "all"):
+        t_scratch = time.perf_counter()
+        scratch_pred, record["scratch"] = _scratch(bench, protocol, level, spent)
+        if scratch_pred is not None:
+            _score(bench, protocol, "scratch", scratch_pred, predicted, result)
+            record["scratch"] += f" ({time.perf_counter() - t_scratch:.0f}s)"
+    elif level == "cheap":
+        record["scratch"] = "not trained (--baselines cheap)"
+    bench.timings["baselines"] = time.perf_counter() - t
+    return record
+
+
+def _train_and_predict(bench: Workbench, protocol: Protocol, strategy: str) -> np.ndarray:
+    from graft.recipe import train_final
+    from graft.strategies.auto import choose
+
+    bench.say(f"baseline: {strategy}")
+    choice = choose(bench, protocol, strategy)
+    trained: Trained = train_final(bench, protocol, choice)
+    return bench.predict(trained, protocol.test, f"baseline {strategy}: scoring test set")
+
+
+# The from-scratch network gets at least this many epochs, or (under auto) is not trained at all.
+MIN_SCRATCH_EPOCHS = 3
+SCRATCH_MAX_EPOCHS = 30  # graft pretrain's default
+SCRATCH_MIN_SECONDS = 60.0
+
+
+def scratch_config(cfg: RunConfig, epochs: int) -> RunConfig:
+    """Settings fit for training from scratch: those of ``graft pretrain`` (every layer at lr 2e-3,
+    batch 64, patience 6, light weight decay; measured for training graft's architectures from random
+    weights), a random head, BatchNorm statistics trained; ``epochs`` at most its 30."""
+    import dataclasses
+
+    from graft.config import pretrain_defaults
+
+    train = dataclasses.replace(
+        pretrain_defaults().train, epochs=min(epochs, SCRATCH_MAX_EPOCHS), seed=cfg.train.seed,
+        augment=cfg.train.augment, mixed_precision=cfg.train.mixed_precision, workers=cfg.train.workers,
+    )  # fmt: skip
+    strategy = dataclasses.replace(
+        cfg.strategy, kind="full", head_init="random", bn_stats="train", unfreeze_top=None, layer_lr_decay=1.0
+    )
+    return dataclasses.replace(cfg, train=train, strategy=strategy)
+
+
+def scratch_budget(bench: Workbench, spent: float) -> float:
+    """Seconds the from-scratch network may train: the time the model itself took (at least a
+    minute), within ``--budget``. A 20-second probe fit does not grow into a 10-minute one by default;
+    a fine-tune's baseline gets what the fine-tune got."""
+    return min(bench.cfg.strategy.budget_seconds, max(SCRATCH_MIN_SECONDS, spent))
+
+
+def _scratch(bench: Workbench, protocol: Protocol, level: str, spent: float) -> tuple[np.ndarray | None, str]:
+    """The same network from random weights, trained on the first fold's training part with early
+    stopping on its validation part, for as many epochs (<= 30) as fit :func:`scratch_budget`."""
+    from graft.recipe import Workbench
+    from graft.strategies import get_strategy
+    from graft.strategies.auto import duration_text
+
+    if not bench.pretrained:
+        return None, "not trained: the model itself starts from random weights"
+    data = protocol.choose_on
+    train_idx, val_idx = protocol.folds[0]
+    train, val = data.subset(train_idx), data.subset(val_idx)
+    per_epoch = len(train) * bench.train_seconds_per_example(train)
+    budget = scratch_budget(bench, spent) if level == "auto" else bench.cfg.strategy.budget_seconds
+    epochs = min(SCRATCH_MAX_EPOCHS, int(budget // max(per_epoch, 1e-9)))
+    if epochs < MIN_SCRATCH_EPOCHS:
+        if level == "auto":
+            return None, (
+                f"not trained: an epoch from scratch takes ~{duration_text(per_epoch)}; "
+                f"{MIN_SCRATCH_EPOCHS} do not fit in {duration_text(budget)} (the time the model took, at "
+                "least a minute, within --budget); --baselines all trains it anyway"
+            )
+        epochs = MIN_SCRATCH_EPOCHS
+    bench.say(f"baseline: the same network from scratch, up to {epochs} epochs on {len(train)} examples "
+              f"(early stopping on {len(val)}; expected <= {duration_text(epochs * per_epoch)})")  # fmt: skip
+    scratch = Workbench(
+        bench.backbone.random_copy(bench.cfg.train.seed), scratch_config(bench.cfg, epochs), bench.task,
+        bench.label_space, progress=bench.progress,
+    )  # fmt: skip
+    trained = get_strategy("full").train(scratch, train, val, {})
+    predicted = scratch.predict(trained, protocol.test, "baseline scratch: scoring test set")
+    best = trained.best_epoch
+    return predicted, f"trained: {len(trained.history)} of up to {epochs} epochs, best epoch {best}"
+
+
+def _score(
+    bench: Workbench,
+    protocol: Protocol,
+    name: str,
+    baseline_pred: np.ndarray,
+    predicted: np.ndarray,
+    result: EvaluationResult,
+) -> None:
+    test = protocol.test
+    n_classes = len(bench.label_space)
+    scored = evaluate_predictions(
+        bench.task, test.targets, baseline_pred, bench.label_space, seed=bench.cfg.train.seed
+    )
+    result.baselines[name] = scored.metrics
+    result.baseline_intervals[name] = scored.intervals
+    result.comparisons[name] = paired_difference(
+        bench.task, test.targets, predicted, baseline_pred, n_classes, seed=bench.cfg.train.seed
+    )
