@@ -392,6 +392,7 @@ def _evaluate(
     threshold are fitted on the out-of-fold outputs of its recipe; the test rows only measure them."""
     from graft.evaluation.abstain import abstain_report
     from graft.evaluation.calibration import calibration_report, fit_calibration
+    from graft.evaluation.errors import error_analysis
 
     t = time.perf_counter()
     head, test, sel, task = trained.network.head, protocol.test, choice.selection, bench.task
@@ -408,6 +409,7 @@ def _evaluate(
         oof_targets = None if oof is None else protocol.choose_on.targets[oof[0]]
         target = bench.cfg.evaluation.target_precision
         result.abstain = abstain_report(target, oof_proba, oof_targets, activated, test.targets)
+        result.errors = error_analysis(test.examples, test.targets, activated, bench.label_space)
     bench.timings["evaluate"] = time.perf_counter() - t
     return result, predicted_targets(task, activated)
 

@@ -52,6 +52,8 @@ class EvaluationResult:
     calibration: dict[str, Any] = field(default_factory=dict)
     # the coverage-accuracy curve; with --target-precision, the threshold and what it reached
     abstain: dict[str, Any] = field(default_factory=dict)
+    # the most-confused class pairs with example inputs, and the hardest test examples
+    errors: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,6 +71,7 @@ class EvaluationResult:
             "comparisons": self.comparisons,
             "calibration": self.calibration,
             "abstain": self.abstain,
+            "errors": self.errors,
         }
 
     def headline(self) -> str:

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from graft.evaluation import plots
 from graft.evaluation.metrics import HEADLINE, EvaluationResult
 
 
@@ -84,9 +85,18 @@ def _fmt(value: Any) -> str:
     return _e(value)
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
+def _table(header: list[str], rows: list[list[Any]], left: tuple[int, ...] = ()) -> str:
+    """An HTML table; columns in ``left`` hold text (aligned left)."""
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td class='text'>{_fmt(c)}</td>" if j in left else f"<td>{_fmt(c)}</td>"
+            for j, c in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -117,6 +127,7 @@ def _strategy_html(strategy: dict[str, Any]) -> str:
 
 
 def _calibration_html(cal: dict[str, Any]) -> str:
+    plot = plots.reliability_plot(cal)
     rows = [
         [f"{b['low']:.2f}-{b['high']:.2f}", b["count"], b["confidence"], b["accuracy"]]
         for b in cal.get("reliability_after", [])
@@ -127,6 +138,7 @@ def _calibration_html(cal: dict[str, Any]) -> str:
         f"touched it). Expected calibration error on the test rows: {_fmt(cal['ece_before'])} before, "
         f"{_fmt(cal['ece_after'])} after. <code>predict_proba</code> returns the calibrated probabilities; "
         "predicted classes do not change.</p>"
+        + plot
         + _table(["confidence bin", "test rows", "mean confidence", "accuracy"], rows)
     )
 
@@ -153,7 +165,11 @@ def _abstain_html(abstain: dict[str, Any]) -> str:
             )
     elif "note" in abstain:
         text += f"<p class='note'>{_e(abstain['note'])}</p>"
-    return text + _table(["answer the most confident", "confidence threshold", "test accuracy"], rows)
+    return (
+        text
+        + plots.coverage_plot(abstain)
+        + _table(["answer the most confident", "confidence threshold", "test accuracy"], rows)
+    )
 
 
 def _skipped_html(skipped: list[str]) -> str:
@@ -183,73 +199,138 @@ def leakage_sentences(leakage: dict[str, Any] | None) -> list[str]:
 
 
 def render_html(report: RunReport) -> str:
+    """The report as one self-contained HTML page (plots inline, nothing fetched)."""
     parts = [f"<h1>graft report: {_e(report.task)} on {_e(report.backbone)}</h1>"]
     if report.strategy:
         parts.append(_strategy_html(report.strategy))
     if report.data:
-        rows = [[k, v] for k, v in report.data.items() if not isinstance(v, dict | list)]
-        parts.append("<h2>Data</h2>" + _table(["", ""], rows))
-        leakage = leakage_sentences(report.data.get("leakage"))
-        if leakage:
-            parts.append("<p><b>Leakage check:</b> " + _e(" ".join(leakage)) + "</p>")
-        parts.append(_skipped_html(report.data.get("skipped") or []))
-    test = report.test
-    if test is not None:
-        bases = [b for b in BASELINE_NAMES if b in test.baselines]
-        rows = []
-        for name, value in test.metrics.items():
-            interval = test.intervals.get(name)
-            ci = f"[{_fmt(interval[0])}, {_fmt(interval[1])}]" if interval else ""
-            rows.append(
-                [name + (" *" if name in HEADLINE[test.task] else ""), value, ci]
-                + [test.baselines[b].get(name, "") for b in bases]
-            )
-        parts.append(
-            f"<h2>Held-out {_e(test.split)} set ({test.n} examples)</h2>"
-            + _table(["metric", "model", "95% interval"] + [BASELINE_NAMES[b] for b in bases], rows)
-            + "<p class='note'>* headline metrics. The test split never touched training or model choice. "
-            + INTERVALS_NOTE
-            + "</p>"
-        )
-        for note in test.notes:
-            parts.append(f"<p class='note'>{_e(note)}</p>")
-        if test.comparisons:
-            items = "".join(f"<li>{_e(line)}</li>" for line in comparison_sentences(test))
-            parts.append(
-                "<h2>What transfer bought</h2><ul>" + items + "</ul><p class='note'>Paired 95% intervals: "
-                "both models scored on the same test rows, resampled together.</p>"
-            )
-        if test.calibration:
-            parts.append(_calibration_html(test.calibration))
-        if test.abstain:
-            parts.append(_abstain_html(test.abstain))
-        if test.per_class:
-            rows = [
-                [c, v["precision"], v["recall"], v["f1"], v["support"]] for c, v in test.per_class.items()
-            ]
-            parts.append(
-                "<h2>Per class</h2>" + _table(["class", "precision", "recall", "f1", "support"], rows)
-            )
-        if test.confusion:
-            parts.append("<h2>Confusion matrix</h2>" + _confusion_html(test.confusion))
+        parts.append(_data_html(report.data))
+    if report.test is not None:
+        parts.append(_test_html(report.test))
     if report.validation:
         rows = [[k, v] for k, v in report.validation.items() if not isinstance(v, dict | list)]
         parts.append("<h2>Validation (model choice)</h2>" + _table(["", ""], rows))
     if report.history:
         keys = list(report.history[0])
         parts.append(
-            "<h2>Training history</h2>" + _table(keys, [[h[k] for k in keys] for h in report.history])
-        )
+            "<h2>Training history</h2>" + plots.history_plot(report.history)
+            + _table(keys, [[h[k] for k in keys] for h in report.history])
+        )  # fmt: skip
     if report.timings:
         parts.append(
             "<h2>Timings (s)</h2>" + _table(["step", "seconds"], [[k, v] for k, v in report.timings.items()])
         )
+    return _page("".join(parts))
+
+
+def _page(body: str) -> str:
     style = (
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}"
         "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
         "text-align:right}th{background:#f4f4f4}.note{color:#666;font-size:90%}"
+        "img.plot{display:block;margin:0.5em 0;max-width:100%}td.text{text-align:left}"
     )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>graft report</title>"
-        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
+        f"<style>{style}</style></head><body>{body}</body></html>\n"
     )
+
+
+def _data_html(data: dict[str, Any]) -> str:
+    rows = [[k, v] for k, v in data.items() if not isinstance(v, dict | list)]
+    text = "<h2>Data</h2>"
+    if data.get("split"):
+        text += f"<p><b>Protocol:</b> {_e(data['split'])}.</p>"
+    text += _table(["", ""], rows)
+    leakage = leakage_sentences(data.get("leakage"))
+    if leakage:
+        text += "<p><b>Leakage check:</b> " + _e(" ".join(leakage)) + "</p>"
+    skipped = {k: v for k, v in (data.get("baselines") or {}).items() if k != "level"}
+    if skipped:
+        text += (
+            "<p class='note'>Baselines: " + _e("; ".join(f"{k}: {v}" for k, v in skipped.items())) + "</p>"
+        )
+    return text + _skipped_html(data.get("skipped") or [])
+
+
+def _test_html(test: EvaluationResult) -> str:
+    bases = [b for b in BASELINE_NAMES if b in test.baselines]
+    rows = []
+    for name, value in test.metrics.items():
+        interval = test.intervals.get(name)
+        ci = f"[{_fmt(interval[0])}, {_fmt(interval[1])}]" if interval else ""
+        rows.append(
+            [name + (" *" if name in HEADLINE[test.task] else ""), value, ci]
+            + [test.baselines[b].get(name, "") for b in bases]
+        )
+    parts = [
+        f"<h2>Held-out {_e(test.split)} set ({test.n} examples)</h2>"
+        + _table(["metric", "model", "95% interval"] + [BASELINE_NAMES[b] for b in bases], rows)
+        + "<p class='note'>* headline metrics. The test split never touched training or model choice. "
+        + INTERVALS_NOTE
+        + "</p>"
+    ]
+    parts += [f"<p class='note'>{_e(note)}</p>" for note in test.notes]
+    if test.comparisons:
+        items = "".join(f"<li>{_e(line)}</li>" for line in comparison_sentences(test))
+        parts.append(
+            "<h2>What transfer bought</h2>" + _models_plot(test) + "<ul>" + items + "</ul><p class='note'>"
+            "Paired 95% intervals: both models scored on the same test rows, resampled together.</p>"
+        )
+    if test.calibration:
+        parts.append(_calibration_html(test.calibration))
+    if test.abstain:
+        parts.append(_abstain_html(test.abstain))
+    if test.per_class:
+        rows = [[c, v["precision"], v["recall"], v["f1"], v["support"]] for c, v in test.per_class.items()]
+        parts.append("<h2>Per class</h2>" + _table(["class", "precision", "recall", "f1", "support"], rows))
+    if test.confusion:
+        parts.append(
+            "<h2>Confusion matrix</h2>"
+            + plots.confusion_plot(test.confusion)
+            + _confusion_html(test.confusion)
+        )
+    if test.errors:
+        parts.append(_errors_html(test.errors))
+    return "".join(parts)
+
+
+def _models_plot(test: EvaluationResult) -> str:
+    metric = HEADLINE[test.task][0]
+    rows = [("model", test.metrics.get(metric), test.intervals.get(metric))]
+    for name in BASELINE_NAMES:
+        if name in test.baselines and name != "majority":
+            rows.append(
+                (
+                    BASELINE_NAMES[name],
+                    test.baselines[name].get(metric),
+                    test.baseline_intervals.get(name, {}).get(metric),
+                )
+            )
+    return plots.models_plot(metric, rows)
+
+
+def _errors_html(errors: dict[str, Any]) -> str:
+    text = ""
+    pairs = errors.get("confused_pairs") or []
+    if pairs:
+        rows = [
+            [
+                p["true"],
+                p["predicted"],
+                p["count"],
+                f"{p['share_of_true_class']:.0%}",
+                " | ".join(p["examples"]),
+            ]
+            for p in pairs
+        ]
+        text += "<h2>Most-confused classes</h2>" + _table(
+            ["true", "predicted as", "test rows", "share of the true class", "examples"], rows, left=(4,)
+        )
+    hardest = errors.get("hardest") or []
+    if hardest:
+        rows = [[h["input"], h["true"], h["predicted"], h["p_true"], h["confidence"]] for h in hardest]
+        text += "<h2>Hardest test examples</h2>" + _table(
+            ["input", "true", "predicted", "p(true)", "confidence"], rows, left=(0,)
+        )
+    return text
