@@ -82,7 +82,13 @@ def test_fit_evaluate_predict_end_to_end(tiny_source, sentiment_csv, tmp_path, c
     assert main(["evaluate", str(out), str(sentiment_csv), "--json", "--quiet"]) == 0
     evaluation = json.loads(capsys.readouterr().out)
     assert evaluation["n"] == 80 and "accuracy" in evaluation["metrics"]
-    assert "majority" in evaluation["baselines"]
+    assert {"majority", "prior"} <= set(evaluation["baselines"]) and evaluation["errors"][
+        "hardest"
+    ] is not None
+    assert main(["evaluate", str(out), str(sentiment_csv), "--report", str(tmp_path / "ev"), "--quiet"]) == 0
+    assert "report: " in capsys.readouterr().out
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["test"]["n"] == 80
+    assert "<img" in (tmp_path / "ev" / "report.html").read_text()
 
     inputs = tmp_path / "new.txt"
     inputs.write_text("the movie was great\nawful plot\n")

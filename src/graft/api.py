@@ -220,7 +220,26 @@ class Model:
             self.network_.head, self.task, self.label_space, outputs, ds.targets, self.manifest_["majority"]
         )
         result.skipped = list(ds.report.skipped)
+        if self.task == "multiclass":
+            from graft.evaluation.abstain import coverage_curve, measure
+            from graft.evaluation.errors import error_analysis
+
+            proba = self.network_.head.activate(outputs).numpy()
+            result.errors = error_analysis(ds.examples, ds.targets, proba, self.label_space)
+            result.abstain = {"curve": coverage_curve(proba, ds.targets)}
+            if self.manifest_.get("abstain"):
+                chosen = self.manifest_["abstain"]
+                result.abstain |= {"chosen": chosen, "test": measure(proba, ds.targets, chosen["threshold"])}
         return result
+
+    def report(self, result: EvaluationResult, data: str) -> RunReport:
+        """The report of an evaluation of this bundle (``graft evaluate --report DIR``)."""
+        return RunReport(
+            backbone=self.manifest_["backbone"].get("source", "?"), task=self.task,
+            label_space=list(self.label_space), strategy=self.manifest_.get("strategy", {}),
+            data={"source": data, "split": f"evaluation of a saved bundle on {data}", "rows": result.n},
+            test=result,
+        )  # fmt: skip
 
     def save(self, path: str | Path) -> Path:
         """Write this model as a bundle (atomically)."""

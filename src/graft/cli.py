@@ -67,6 +67,7 @@ EVALUATE_EXAMPLES = """\
 examples:
   graft evaluate runs/sst2 ../shared/data/text/sst2/test.csv
   graft evaluate runs/sst2 test.csv --json | jq .metrics.accuracy
+  graft evaluate runs/sst2 test.csv --report runs/sst2-test        # + metrics.json, report.html (plots)
   graft evaluate runs/ants ../shared/data/images/hymenoptera/val     # a folder of class folders
 """
 PREDICT_EXAMPLES = """\
@@ -196,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="text (or file path) column (default: the one the model was trained on)",
     )  # fmt: skip
     ev.add_argument("--label-col", help="label column (default: the one the model was trained on)")
+    ev.add_argument(
+        "--report", metavar="DIR", help="also write metrics.json and report.html (with plots) to DIR"
+    )
     ev.add_argument("--encoding", help=ENCODING_HELP)
     ev.add_argument(
         "--skip-bad", action="store_true",
@@ -426,6 +430,17 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
                             encoding=args.encoding, skip_bad=args.skip_bad,
                             progress=not args.quiet)  # fmt: skip
     payload = {"bundle": str(args.bundle), "data": str(args.data), **result.to_dict()}
+    if args.report:
+        from graft.serialization import atomic_write_bytes
+
+        report = model.report(result, str(args.data))
+        Path(args.report).mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(
+            Path(args.report) / "metrics.json", json.dumps(report.to_dict(), indent=1, default=str).encode()
+        )
+        atomic_write_bytes(Path(args.report) / "report.html", report.to_html().encode("utf-8"))
+        if not args.json:
+            print(f"report: {Path(args.report) / 'report.html'}", file=out)
     if args.json:
         print(json.dumps(payload, default=str), file=out)
         return EXIT_OK
