@@ -198,3 +198,15 @@ def test_target_precision_stores_a_threshold_and_predict_abstains_below_it(tiny_
     assert [a == "abstain" for a in answers] == low.tolist()
     assert "abstain" not in loaded.predict(texts, abstain=False)
     assert "--target-precision" in (tmp_path / "r" / "bundle" / "report.html").read_text()
+
+
+def test_small_data_without_a_test_file_is_scored_by_a_cross_validated_estimate(tiny_source):
+    rows = make_sentiment(20)
+    texts, labels = [t for t, _ in rows], [y for _, y in rows]
+    model = graft.fit(texts, labels=labels, backbone=tiny_source, strategy="linear_probe", progress=False)
+    report = model.report_
+    assert report.test.split == "5-fold cross-validated" and report.test.n == 40  # every row scored once
+    assert report.data["estimate"] == "5-fold cross-validated" and report.data["train"] == 40
+    assert "cross-validated estimate over all 40 examples" in report.data["split"]
+    assert report.test.metrics["accuracy"] > report.test.baselines["prior"]["accuracy"]
+    assert "5-fold cross-validated" in report.to_html()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from graft.api import fit
-from graft.config import DataConfig, RunConfig, StrategyConfig, TrainConfig
+from graft.config import DataConfig, EvalConfig, RunConfig, StrategyConfig, TrainConfig
 from graft.engine import Callback, Engine, resolve_precision
 from graft.errors import ConfigError
 from graft.serialization import load_tensors
@@ -25,7 +25,8 @@ class Interrupt(Callback):
 
 def _config(epochs: int = 3, folds: int = 5) -> RunConfig:
     return RunConfig(
-        data=DataConfig(folds=folds),
+        data=DataConfig(folds=folds, estimate="holdout"),  # a 20% test split: one recipe run, not 6
+        evaluation=EvalConfig(baselines="none"),
         strategy=StrategyConfig(kind="full"),
         train=TrainConfig(epochs=epochs, batch_size=8, lr=5e-3, head_lr=5e-3, patience=epochs, seed=1),
     )
@@ -85,7 +86,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(
 KILLED_RUN = """
 import os, sys
 from graft.api import fit
-from graft.config import DataConfig, RunConfig, StrategyConfig, TrainConfig
+from graft.config import DataConfig, EvalConfig, RunConfig, StrategyConfig, TrainConfig
 from graft.engine import Callback
 
 class Kill(Callback):

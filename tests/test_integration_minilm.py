@@ -8,7 +8,7 @@ import torch
 
 import graft
 from graft.backbones import create_backbone
-from graft.config import RunConfig, StrategyConfig, TrainConfig
+from graft.config import DataConfig, EvalConfig, RunConfig, StrategyConfig, TrainConfig
 from graft.features import extract_features
 from tests.conftest import shared
 
@@ -62,6 +62,8 @@ def test_partial_fine_tune_of_minilm_round_trips(tmp_path):
     cfg = RunConfig(
         strategy=StrategyConfig(kind="partial", unfreeze_top=2),
         train=TrainConfig(epochs=2, batch_size=16, patience=2),
+        data=DataConfig(estimate="holdout"),  # one recipe run: this test is about the round trip
+        evaluation=EvalConfig(baselines="none"),
     )
     # a --val of its own: one training with early stopping (k-fold would train 5 + 1 times here)
     model = graft.fit(

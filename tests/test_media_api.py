@@ -205,7 +205,8 @@ def test_augmented_image_run_resumes_bit_identically(tmp_path, image_folder):
 
     val = make_image_folder(tmp_path / "val", n_per_class=4, seed=1)  # one training, early-stopped on it
     cfg = RunConfig().replace("train", epochs=3, batch_size=8, lr=1e-3, patience=3, workers=2, seed=3)
-    cfg = cfg.replace("strategy", kind="full").replace("data", val=str(val))
+    cfg = cfg.replace("strategy", kind="full").replace("data", val=str(val), estimate="holdout")
+    cfg = cfg.replace("evaluation", baselines="none")  # one recipe run: this test is about resuming
     straight = graft.fit(image_folder, backbone=_tiny_backbone(), config=cfg, out=tmp_path / "a",
                          progress=False)  # fmt: skip
     with pytest.raises(KeyboardInterrupt):

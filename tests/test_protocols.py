@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from graft.data import build_dataset
-from graft.protocols import CV_MAX_EXAMPLES, make_protocol
+from graft.protocols import CV_ESTIMATE_MAX_EXAMPLES, CV_MAX_EXAMPLES, make_protocol
 
 
 def _data(n_per_class: int, classes: int = 3, offset: int = 0):
@@ -85,3 +85,20 @@ def test_copies_across_a_users_files_are_counted_and_warned():
     p = make_protocol(ds, test=test, folds=5, seed=0)
     assert p.leakage["test"]["rows"] == 2 and p.leakage["test"]["examples"] == ["TEXT 3.", "text  7"]
     assert any("leakage: 2 of the 3 test examples" in w for w in ds.report.warnings)
+
+
+def test_small_data_without_a_test_file_gets_a_cross_validated_estimate():
+    ds = _data(20)  # 60 examples
+    p = make_protocol(ds, folds=5, seed=0, estimate="auto")
+    assert p.outer is not None and len(p.outer) == 5 and len(p.test) == 0 and p.pool is ds
+    scored = np.sort(np.concatenate([te for _, te in p.outer]))
+    assert scored.tolist() == list(range(60))  # every row scored exactly once
+    for tr, te in p.outer:
+        assert set(tr).isdisjoint(te) and len(set(ds.targets[te])) == 3
+    assert "5-fold cross-validated estimate over all 60 examples" in p.description
+    assert p.summary(ds, 0, None, None, True)["estimate"] == "5-fold cross-validated"
+    assert make_protocol(ds, folds=5, seed=0, estimate="holdout").outer is None
+    big = _data(CV_ESTIMATE_MAX_EXAMPLES // 3 + 10)
+    assert make_protocol(big, seed=0, estimate="auto").outer is None  # large enough for a hold-out
+    assert make_protocol(big, seed=0, estimate="cv").outer is not None
+    assert make_protocol(ds, test=_data(4, offset=500), estimate="cv").outer is None  # a test file wins

@@ -29,7 +29,6 @@ import torch
 
 from graft.backbones import create_backbone, source_modality
 from graft.backbones.base import Backbone, Contract, check_modality
-from graft.baselines import add_baselines
 from graft.bundle import load_network, make_manifest, read_manifest, save_bundle
 from graft.config import BackboneConfig, DataConfig, RunConfig, StrategyConfig
 from graft.data import Dataset, detect_modality, layout_splits, read_dataset, read_inputs
@@ -37,9 +36,10 @@ from graft.data.dataset import examples_fingerprint
 from graft.distributed import barrier, is_main_process
 from graft.engine import Callback
 from graft.errors import ContractError
+from graft.estimate import cross_validated, held_out
 from graft.evaluation import EvaluationResult, RunReport, fit_majority
 from graft.evaluation.calibration import scale
-from graft.evaluation.outputs import decode_outputs, head_outputs, predicted_targets, score_outputs
+from graft.evaluation.outputs import decode_outputs, head_outputs, score_outputs
 from graft.evaluation.report import comparison_sentences, leakage_sentences
 from graft.features import FeatureCache, extract_features
 from graft.heads import TaskModel
@@ -384,6 +384,7 @@ def fit(
         protocol = make_protocol(
             run_data.source, val=run_data.val, test=run_data.test, folds=cfg.data.folds, seed=cfg.train.seed,
             val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
+            estimate=cfg.data.estimate,
         )  # 3. protocol  # fmt: skip
         _say(progress, f"protocol: {protocol.description}")
         for line in leakage_sentences(protocol.leakage):
@@ -393,44 +394,14 @@ def fit(
         trained = train_final(bench, protocol, choice)  # 5. the final model
         if trained.shipped_reason:
             _say(progress, f"note: {trained.shipped_reason}")
-        result, predicted = _evaluate(bench, protocol, choice, trained)  # 6. honest evaluation, calibrated
-        _say(progress, f"test ({len(protocol.test)}): {result.headline()}")
-        spent = time.perf_counter() - t_start  # 7. what transfer bought: baselines on the same rows
-        baselines = add_baselines(bench, protocol, choice, predicted, result, spent)
+        estimate = cross_validated if protocol.outer else held_out  # 6. the honest test estimate,
+        result, baselines = estimate(bench, protocol, choice, trained, time.perf_counter() - t_start)
+        _say(progress, f"{result.split} ({result.n}): {result.headline()}")  # with baselines (7.)
         for line in comparison_sentences(result):
             _say(progress, line)
-        if run_data.cfg.data.refit == "all":  # 8. optionally, the same recipe on the test rows too
+        if run_data.cfg.data.refit == "all" and len(protocol.test):  # 8. optionally, + the test rows
             trained = train_final(bench, protocol, choice, add=protocol.test)
         return _finish(run_data, bench, protocol, choice, trained, result, run, progress, baselines)  # 9.
-
-
-def _evaluate(
-    bench: Workbench, protocol: Any, choice: Any, trained: Any
-) -> tuple[EvaluationResult, np.ndarray]:
-    """Step 6 of :func:`fit`: the shipped model on the test rows. Its temperature and its abstain
-    threshold are fitted on the out-of-fold outputs of its recipe; the test rows only measure them."""
-    from graft.evaluation.abstain import abstain_report
-    from graft.evaluation.calibration import calibration_report, fit_calibration
-    from graft.evaluation.errors import error_analysis
-
-    t = time.perf_counter()
-    head, test, sel, task = trained.network.head, protocol.test, choice.selection, bench.task
-    logits = bench.outputs(trained, test, "scoring test set")
-    calibration = fit_calibration(task, sel and sel.oof, protocol.choose_on.targets, sel and sel.how)
-    activated = head.activate(scale(logits, calibration)).numpy()
-    result = bench.evaluate(activated, test, protocol.final_data(trained.frozen_backbone)[0].targets)
-    if calibration:
-        before = head.activate(logits).numpy()
-        result.calibration = calibration_report(calibration, before, activated, test.targets)
-    if task == "multiclass":
-        oof = sel.oof if sel is not None else None
-        oof_proba = None if oof is None else head.activate(scale(oof[1], calibration)).numpy()
-        oof_targets = None if oof is None else protocol.choose_on.targets[oof[0]]
-        target = bench.cfg.evaluation.target_precision
-        result.abstain = abstain_report(target, oof_proba, oof_targets, activated, test.targets)
-        result.errors = error_analysis(test.examples, test.targets, activated, bench.label_space)
-    bench.timings["evaluate"] = time.perf_counter() - t
-    return result, predicted_targets(task, activated)
 
 
 @dataclasses.dataclass
@@ -533,7 +504,7 @@ def _finish(run_data, bench, protocol, choice, trained, result, run, progress, b
     strategy = strategy_record(choice, trained, cfg.strategy, refit=cfg.data.refit)
     data = protocol.summary(source, run_data.truncated, run_data.val, run_data.test, trained.frozen_backbone)
     data["baselines"] = baselines
-    if cfg.data.refit == "all":
+    if cfg.data.refit == "all" and len(protocol.test):
         data["refit"] = (
             f"--refit all: after the evaluation the shipped model was trained again on the {data['train']} "
             f"training and {len(protocol.test)} test examples; the test numbers come from the held-out "

@@ -32,37 +32,51 @@ if TYPE_CHECKING:
     from graft.strategies.auto import Choice
 
 
-def add_baselines(
-    bench: Workbench,
-    protocol: Protocol,
-    choice: Choice,
-    predicted: np.ndarray,
-    result: EvaluationResult,
-    spent: float,
-) -> dict[str, Any]:
-    """Train the requested baselines, add their scores and paired comparisons to ``result``, and
-    return what was run or skipped (for the report). ``spent``: seconds the fit has taken so far."""
+def baseline_predictions(
+    bench: Workbench, protocol: Protocol, choice: Choice, spent: float
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Train the requested baselines on ``protocol`` and predict its test rows: (predictions by
+    baseline, what was run or skipped and why). ``spent``: seconds the fit has taken so far."""
     level = bench.cfg.evaluation.baselines
     record: dict[str, Any] = {"level": level}
+    predictions: dict[str, np.ndarray] = {}
     if level == "none":
-        return record
+        return predictions, record
     t = time.perf_counter()
     if choice.strategy.name == "linear_probe":
         record["linear_probe"] = "not trained again: the shipped model is the linear probe"
     else:
-        probe_pred = _train_and_predict(bench, protocol, "linear_probe")
-        _score(bench, protocol, "linear_probe", probe_pred, predicted, result)
+        predictions["linear_probe"] = _train_and_predict(bench, protocol, "linear_probe")
         record["linear_probe"] = f"trained ({time.perf_counter() - t:.0f}s)"
     if level in ("auto", "all"):
         t_scratch = time.perf_counter()
-        scratch_pred, record["scratch"] = _scratch(bench, protocol, level, spent)
-        if scratch_pred is not None:
-            _score(bench, protocol, "scratch", scratch_pred, predicted, result)
+        scratch, record["scratch"] = _scratch(bench, protocol, level, spent)
+        if scratch is not None:
+            predictions["scratch"] = scratch
             record["scratch"] += f" ({time.perf_counter() - t_scratch:.0f}s)"
     elif level == "cheap":
         record["scratch"] = "not trained (--baselines cheap)"
-    bench.timings["baselines"] = time.perf_counter() - t
-    return record
+    bench.timings["baselines"] = bench.timings.get("baselines", 0.0) + time.perf_counter() - t
+    return predictions, record
+
+
+def score_baselines(
+    bench: Workbench,
+    targets: np.ndarray,
+    predicted: np.ndarray,
+    baselines: dict[str, np.ndarray],
+    result: EvaluationResult,
+) -> None:
+    """Each baseline's scores with intervals, and its paired comparison with the model's
+    ``predicted`` on the same rows, into ``result``."""
+    seed = bench.cfg.train.seed
+    for name, baseline in baselines.items():
+        scored = evaluate_predictions(bench.task, targets, baseline, bench.label_space, seed=seed)
+        result.baselines[name] = scored.metrics
+        result.baseline_intervals[name] = scored.intervals
+        result.comparisons[name] = paired_difference(
+            bench.task, targets, predicted, baseline, len(bench.label_space), seed=seed
+        )
 
 
 def _train_and_predict(bench: Workbench, protocol: Protocol, strategy: str) -> np.ndarray:
@@ -139,23 +153,3 @@ def _scratch(bench: Workbench, protocol: Protocol, level: str, spent: float) -> 
     predicted = scratch.predict(trained, protocol.test, "baseline scratch: scoring test set")
     best = trained.best_epoch
     return predicted, f"trained: {len(trained.history)} of up to {epochs} epochs, best epoch {best}"
-
-
-def _score(
-    bench: Workbench,
-    protocol: Protocol,
-    name: str,
-    baseline_pred: np.ndarray,
-    predicted: np.ndarray,
-    result: EvaluationResult,
-) -> None:
-    test = protocol.test
-    n_classes = len(bench.label_space)
-    scored = evaluate_predictions(
-        bench.task, test.targets, baseline_pred, bench.label_space, seed=bench.cfg.train.seed
-    )
-    result.baselines[name] = scored.metrics
-    result.baseline_intervals[name] = scored.intervals
-    result.comparisons[name] = paired_difference(
-        bench.task, test.targets, predicted, baseline_pred, n_classes, seed=bench.cfg.train.seed
-    )

@@ -25,6 +25,7 @@ StrategyKind = Literal[
     "auto", "linear_probe", "contrastive", "bitfit", "lora", "partial", "gradual", "full"
 ]  # fmt: skip
 Refit = Literal["train", "all"]
+Estimate = Literal["auto", "holdout", "cv"]
 Precision = Literal["auto", "no", "fp16", "bf16"]
 Augment = Literal["auto", "none", "crop", "crop_flip"]
 Baselines = Literal["auto", "none", "cheap", "all"]
@@ -113,6 +114,14 @@ class DataConfig:
             "k of the stratified k-fold cross-validation that chooses settings on small training sets "
             "(up to 2,000 examples without --val); larger sets, and --folds 1, hold out --val-fraction "
             "instead"
+        ),
+    )
+    estimate: Estimate = field(
+        default="auto",
+        metadata=_help(
+            "how the test numbers are made without --test: holdout = a --test-fraction split; cv = a "
+            "5-fold cross-validated estimate over every example, each fold running the whole recipe "
+            "(choice included); auto = cv up to 500 labeled examples, holdout above"
         ),
     )
     refit: Refit = field(

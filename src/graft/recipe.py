@@ -215,6 +215,16 @@ class Workbench:
             self._checkpointing, self._tag = previous
 
     @contextlib.contextmanager
+    def without_checkpoints(self) -> Iterator[None]:
+        """Engine trainings inside this block write no checkpoints and resume from none (the models of
+        a cross-validated estimate are not the run's model)."""
+        previous, self.checkpoint_root = self.checkpoint_root, None
+        try:
+            yield
+        finally:
+            self.checkpoint_root = previous
+
+    @contextlib.contextmanager
     def full_curves(self) -> Iterator[None]:
         """Engine trainings inside this block run every epoch (no early stopping): cross-validation
         needs each fold's whole validation curve."""

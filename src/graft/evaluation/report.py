@@ -264,7 +264,12 @@ def _test_html(test: EvaluationResult) -> str:
             + [test.baselines[b].get(name, "") for b in bases]
         )
     parts = [
-        f"<h2>Held-out {_e(test.split)} set ({test.n} examples)</h2>"
+        (
+            f"<h2>Held-out {_e(test.split)} set ({test.n} examples)</h2>"
+            if "cross-validated" not in test.split
+            else f"<h2>{_e(test.split)} estimate ({test.n} examples, each scored by a model that never "
+            "saw it)</h2>"
+        )
         + _table(["metric", "model", "95% interval"] + [BASELINE_NAMES[b] for b in bases], rows)
         + "<p class='note'>* headline metrics. The test split never touched training or model choice. "
         + INTERVALS_NOTE
