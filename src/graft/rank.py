@@ -343,6 +343,7 @@ def rank(
         DataError: the data cannot be read, or a class has fewer than 2 examples.
     """
     from graft.data import detect_modality, layout_splits, read_dataset
+    from graft.data.splits import sample_per_class
 
     cfg = config or DataConfig()
     candidates = [parse_candidate(b) for b in backbones]
@@ -362,7 +363,7 @@ def rank(
 
     ds = read_dataset(data, cfg, labels=labels)
     if limit is not None:
-        ds = _subsample(ds, limit, seed)
+        ds = sample_per_class(ds, limit, seed)
     _say(progress, f"data: {ds.source}: {len(ds)} examples ({ds.task})")
     return _score_all(ds, candidates, folds=folds, seed=seed, progress=progress)
 
@@ -443,22 +444,6 @@ def _features(c: Candidate, ds: Dataset, progress: bool) -> tuple[Any, bool, int
         if large:  # free it before the next candidate loads (a full collection costs ~0.5 s)
             gc.collect()
     return feats, cached, dim
-
-
-def _subsample(ds: Dataset, limit: int, seed: int) -> Dataset:
-    """At most ``limit`` examples per class (multiclass) or in all, drawn with ``seed``, order kept."""
-    rng = np.random.default_rng(seed)
-    if ds.task == "multiclass":
-        keep = []
-        for c in np.unique(ds.targets):
-            members = np.flatnonzero(ds.targets == c)
-            keep.append(rng.choice(members, min(limit, len(members)), replace=False))
-        index = np.sort(np.concatenate(keep))
-    else:
-        index = np.sort(rng.choice(len(ds), min(limit, len(ds)), replace=False))
-    if len(index) == len(ds):
-        return ds
-    return ds.subset(index, source=ds.source)
 
 
 def _say(progress: bool, message: str) -> None:

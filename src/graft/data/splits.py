@@ -149,3 +149,19 @@ def overlap(train: Dataset, held_out: Dataset, limit: int = 5) -> dict[str, Any]
         "of": len(held_out),
         "examples": [str(held_out.examples[i])[:200] for i in hits[:limit]],
     }
+
+
+def sample_per_class(ds: Dataset, limit: int, seed: int) -> Dataset:
+    """At most ``limit`` examples per class (multiclass) or in all, drawn with ``seed``, order kept."""
+    rng = np.random.default_rng(seed)
+    if ds.task == "multiclass":
+        keep = []
+        for c in np.unique(ds.targets):
+            members = np.flatnonzero(ds.targets == c)
+            keep.append(rng.choice(members, min(limit, len(members)), replace=False))
+        index = np.sort(np.concatenate(keep))
+    else:
+        index = np.sort(rng.choice(len(ds), min(limit, len(ds)), replace=False))
+    if len(index) == len(ds):
+        return ds
+    return ds.subset(index, source=ds.source)
