@@ -94,7 +94,8 @@ class Kill(Callback):
         if record.epoch == 1:
             os._exit(137)  # as abrupt as kill -9: no clean-up, no exception handlers
 
-cfg = RunConfig(data=DataConfig(folds=2), strategy=StrategyConfig(kind="full"),
+cfg = RunConfig(data=DataConfig(folds=2, estimate="holdout"), strategy=StrategyConfig(kind="full"),
+                evaluation=EvalConfig(baselines="none"),
                 train=TrainConfig(epochs=3, batch_size=8, lr=5e-3, head_lr=5e-3, patience=3, seed=1))
 fit(sys.argv[1], backbone=sys.argv[2], config=cfg, out=sys.argv[3], progress=False,
     callbacks=[Kill()] if sys.argv[4] == "kill" else [], resume=sys.argv[4] == "resume")
