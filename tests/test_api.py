@@ -210,3 +210,17 @@ def test_small_data_without_a_test_file_is_scored_by_a_cross_validated_estimate(
     assert "cross-validated estimate over all 40 examples" in report.data["split"]
     assert report.test.metrics["accuracy"] > report.test.baselines["prior"]["accuracy"]
     assert "5-fold cross-validated" in report.to_html()
+
+
+def test_target_precision_is_refused_where_it_cannot_apply(tiny_source):
+    cfg = RunConfig(evaluation=graft.EvalConfig(target_precision=0.9))
+    texts = [f"{w} film" for w in POSITIVE + NEGATIVE]
+    with pytest.raises(graft.ConfigError, match="class named 'abstain'"):
+        graft.fit(
+            texts, labels=["abstain"] * 8 + ["keep"] * 8, backbone=tiny_source, config=cfg, progress=False
+        )
+    with pytest.raises(graft.ConfigError, match="applies to multiclass"):
+        graft.fit(texts, labels=[i + 0.5 for i in range(16)], task="regression", backbone=tiny_source,
+                  config=cfg, progress=False)  # fmt: skip
+    with pytest.raises(graft.ConfigError, match="between 0 and 1"):
+        graft.EvalConfig(target_precision=1.5)

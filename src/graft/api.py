@@ -35,7 +35,7 @@ from graft.data import Dataset, detect_modality, layout_splits, read_dataset, re
 from graft.data.dataset import examples_fingerprint
 from graft.distributed import barrier, is_main_process
 from graft.engine import Callback
-from graft.errors import ContractError
+from graft.errors import ConfigError, ContractError
 from graft.estimate import cross_validated, held_out
 from graft.evaluation import EvaluationResult, RunReport, fit_majority
 from graft.evaluation.calibration import scale
@@ -447,6 +447,7 @@ def _read_run_data(
     t = time.perf_counter()
     source = read_dataset(data, cfg.data, labels=labels)
     space = source.label_space if source.task != "regression" else None
+    _check_target_precision(cfg, source)
 
     def read_extra(extra: Any) -> Dataset | None:
         if extra is None:
@@ -467,6 +468,20 @@ def _read_run_data(
     return _RunData(
         cfg, source, val_ds, test_ds, {"read_data": time.perf_counter() - t}, source.fingerprint()
     )
+
+
+def _check_target_precision(cfg: RunConfig, source: Dataset) -> None:
+    from graft.evaluation.abstain import ABSTAIN
+
+    if cfg.evaluation.target_precision is None:
+        return
+    if source.task != "multiclass":
+        raise ConfigError(f"--target-precision applies to multiclass data; {source.source} is {source.task}")
+    if ABSTAIN in [str(label) for label in source.label_space]:
+        raise ConfigError(
+            f"--target-precision: {source.source} has a class named {ABSTAIN!r}, which predict would also "
+            "answer for low-confidence inputs; rename that class"
+        )
 
 
 def _workbench(
