@@ -402,7 +402,8 @@ def pretrain_defaults() -> RunConfig:
     """Training settings for supervised pre-training from random weights (``graft pretrain``):
     every layer at the head's learning rate, more epochs and more patience than fine-tuning."""
     return RunConfig(
-        data=DataConfig(folds=1),  # one early-stopping hold-out: 30 epochs from scratch per fold is too much
+        # one early-stopping hold-out and a held-out test split: 30 epochs from scratch per fold is too much
+        data=DataConfig(folds=1, estimate="holdout"),
         strategy=StrategyConfig(kind="full"),
         evaluation=EvalConfig(baselines="none"),  # a random-init network: no probe or scratch to compare
         train=TrainConfig(epochs=30, lr=2e-3, head_lr=2e-3, batch_size=64, patience=6, warmup_ratio=0.05,
