@@ -77,6 +77,7 @@ def cross_validated(
     before = after = None
     baselines: dict[str, np.ndarray] = {}
     record: dict[str, Any] = {}
+    chosen: list[str] = []
     with bench.without_checkpoints():
         for i, (train_idx, test_idx) in enumerate(protocol.outer):
             bench.say(f"cross-validated estimate: outer fold {i + 1} of {k} ({len(test_idx)} rows scored)")
@@ -96,7 +97,8 @@ def cross_validated(
             preds, record = baseline_predictions(bench, inner, fold_choice, spent / k)
             for name, pred in preds.items():
                 baselines.setdefault(name, np.zeros((n, *pred.shape[1:]), dtype=pred.dtype))[test_idx] = pred
-            record["folds"] = [*record.get("folds", []), fold_choice.strategy.name]
+            chosen.append(fold_choice.strategy.name)
+    record["strategy per outer fold"] = chosen
     pooled = Scored(before, after, temperature(bench, protocol, choice))  # the shipped model's temperature
     result = evaluate(bench, protocol, choice, trained, pooled, pool, pool.targets, baselines)
     result.split = f"{k}-fold cross-validated"
