@@ -224,3 +224,12 @@ def test_target_precision_is_refused_where_it_cannot_apply(tiny_source):
                   config=cfg, progress=False)  # fmt: skip
     with pytest.raises(graft.ConfigError, match="between 0 and 1"):
         graft.EvalConfig(target_precision=1.5)
+
+
+def test_skewed_classes_choose_settings_on_macro_f1(tiny_source):
+    rows = [(t, y) for t, y in make_sentiment(40) if y == "negative"][:40]
+    rows += [(t, y) for t, y in make_sentiment(40) if y == "positive"][:8]  # 5:1
+    texts, labels = [t for t, _ in rows], [y for _, y in rows]
+    model = graft.fit(texts, labels=labels, backbone=tiny_source, strategy="linear_probe", progress=False,
+                      baselines="none")  # fmt: skip
+    assert model.report_.validation["metric"] == "macro_f1"

@@ -137,3 +137,16 @@ def test_the_abstain_threshold_reaches_the_target_on_validation_and_ties_go_toge
     assert got["answered"] == 3 and got["precision"] == pytest.approx(2 / 3) and got["coverage"] == 0.6
     curve = coverage_curve(proba, y)
     assert curve[0]["coverage"] == 0.2 and curve[0]["accuracy"] == 1.0 and curve[-1]["coverage"] == 1.0
+
+
+def test_settings_are_chosen_on_macro_f1_when_classes_are_skewed():
+    from graft.evaluation.metrics import selection_metric, selection_score
+
+    assert selection_metric("multiclass", np.array([0] * 87 + [1] * 13)) == "macro_f1"  # SMS spam's skew
+    assert selection_metric("multiclass", np.array([0] * 30 + [1] * 20 + [2] * 12)) == "accuracy"
+    assert selection_metric("regression", np.array([0.5, 2.0])) == "r2"
+    y, p = np.array([0] * 9 + [1]), np.zeros(10, dtype=int)  # always the big class
+    assert selection_score("multiclass", y, p) == 0.9
+    assert selection_score("multiclass", y, p, "macro_f1") == pytest.approx(
+        skm.f1_score(y, p, average="macro")
+    )

@@ -39,6 +39,7 @@ from graft.errors import ConfigError, ContractError
 from graft.estimate import cross_validated, held_out
 from graft.evaluation import EvaluationResult, RunReport, fit_majority
 from graft.evaluation.calibration import scale
+from graft.evaluation.metrics import selection_metric
 from graft.evaluation.outputs import decode_outputs, head_outputs, score_outputs
 from graft.evaluation.report import comparison_sentences, leakage_sentences
 from graft.features import FeatureCache, extract_features
@@ -502,6 +503,7 @@ def _workbench(
     bench = Workbench(
         bb, cfg, source.task, source.label_space, progress=progress, callbacks=callbacks,
         checkpoint_dir=run.checkpoints if run else None, resume=bool(run and run.resumed),
+        metric=selection_metric(source.task, source.targets),
     )  # fmt: skip
     bench.timings.update(run_data.timings, load_backbone=time.perf_counter() - t)
     truncated = bb.count_truncated(source.examples)

@@ -147,7 +147,7 @@ def _scratch(bench: Workbench, protocol: Protocol, level: str, spent: float) -> 
               f"(early stopping on {len(val)}; expected <= {duration_text(epochs * per_epoch)})")  # fmt: skip
     scratch = Workbench(
         bench.backbone.random_copy(bench.cfg.train.seed), scratch_config(bench.cfg, epochs), bench.task,
-        bench.label_space, progress=bench.progress,
+        bench.label_space, progress=bench.progress, metric=bench.metric_name,
     )  # fmt: skip
     trained = get_strategy("full").train(scratch, train, val, {})
     predicted = scratch.predict(trained, protocol.test, "baseline scratch: scoring test set")

@@ -151,6 +151,7 @@ def select_l2(
     grid: Sequence[float] = L2_GRID,
     progress: bool = False,
     one_standard_error: bool = True,
+    metric: str | None = None,
 ) -> ProbeSelection:
     """Score every L2 strength on every fold; the strongest L2 within one standard error of the best
     mean score wins (the best mean itself with ``one_standard_error=False``).
@@ -194,7 +195,7 @@ def select_l2(
         _one_blas_thread(),
     ):
         for f, (train_idx, val_idx) in enumerate(folds):
-            scores[f] = _fold_scores(task, n_outputs, x_np, y_np, train_idx, val_idx, grid, bar)
+            scores[f] = _fold_scores(task, n_outputs, x_np, y_np, train_idx, val_idx, grid, bar, metric)
     means, stds = scores.mean(0), scores.std(0)
     margin_folds = len(folds) if one_standard_error else 1  # 1: no margin, the arg-max
     chosen = _one_standard_error(grid, means, stds, margin_folds)
@@ -234,6 +235,7 @@ def _fold_scores(
     val_idx: np.ndarray,
     grid: list[float],
     bar: Any,
+    metric: str | None = None,
 ) -> np.ndarray:
     """The selection score of each grid value on one fold, fitted along the grid with warm starts."""
     from graft.evaluation import selection_score
@@ -263,7 +265,7 @@ def _fold_scores(
             # neighbouring L2 values often predict the same classes; the score is milliseconds each
             scores[g] = scores[g - 1]
         else:
-            scores[g] = selection_score(task, val_y, predicted)
+            scores[g] = selection_score(task, val_y, predicted, metric)
         previous = predicted
         bar.update(1)
     return scores

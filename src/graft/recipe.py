@@ -124,13 +124,14 @@ class Workbench:
         callbacks: Sequence[Callback] = (),
         checkpoint_dir: Path | None = None,
         resume: bool = False,
+        metric: str | None = None,
     ) -> None:
         self.backbone, self.cfg, self.task, self.label_space = backbone, cfg, task, label_space
         self.progress, self.callbacks = progress, list(callbacks)
         self.checkpoint_root, self.resume = checkpoint_dir, resume
         self.pretrained = getattr(backbone, "pretrained", True)
         self.weights_sha256 = backbone.weights_sha256()  # before any training: the start point
-        self.metric_name = SELECTION[task]
+        self.metric_name = metric or SELECTION[task]  # what settings are chosen on (higher is better)
         self.cache_hits: list[bool] = []
         self.timings: dict[str, float] = {"features": 0.0}
         self._cache = FeatureCache()
@@ -187,7 +188,7 @@ class Workbench:
     def scored_outputs(self, trained: Trained, data: Dataset) -> tuple[float, torch.Tensor]:
         """The selection metric of a trained model on ``data``, and its raw outputs there."""
         outputs = self.outputs(trained, data, "scoring validation")
-        metric = metric_fn_for(trained.network.head, self.task)
+        metric = metric_fn_for(trained.network.head, self.task, self.metric_name)
         return metric(outputs, torch.as_tensor(data.targets)), outputs
 
     # -- building blocks -----------------------------------------------------------------------
@@ -285,7 +286,9 @@ class Workbench:
             folds = stratified_folds(self.task, targets, max(2, self.cfg.data.folds), self.cfg.train.seed)
         except DataError:  # a class with a single example: no fold can validate it
             return FALLBACK_L2
-        return select_l2(self.task, x, targets, folds=folds, one_standard_error=not for_init).l2
+        return select_l2(
+            self.task, x, targets, folds=folds, one_standard_error=not for_init, metric=self.metric_name
+        ).l2
 
     def fit_probe(
         self, strategy: Strategy, train: Dataset, val: Dataset | None, settings: dict[str, Any]
@@ -308,7 +311,7 @@ class Workbench:
 
         t = time.perf_counter()
         x = self.features(data)
-        chosen = select_l2(self.task, x, data.targets, folds=folds)
+        chosen = select_l2(self.task, x, data.targets, folds=folds, metric=self.metric_name)
         best = next(row for row in chosen.table if row["l2"] == chosen.l2)
         return Selection(
             strategy.name, {"l2": chosen.l2}, chosen.score, best.get("score_std", 0.0), chosen.how,
@@ -352,7 +355,8 @@ class Workbench:
             network, self._phases(plan), _pairs(train), _pairs(val) if val is not None else None,
             collate=PairCollate(network.backbone.preprocessor(self.augment)),
             val_collate=PairCollate(network.backbone.preprocessor()), loss_fn=network.head.loss,
-            metric_fn=metric_fn_for(network.head, self.task), resume=self.resume and self._checkpointing,
+            metric_fn=metric_fn_for(network.head, self.task, self.metric_name),
+            resume=self.resume and self._checkpointing,
             workers=self.workers, initial_metric=initial.get("probe_val_metric"), max_epochs=epochs,
         )  # fmt: skip
         trained = Trained(
@@ -389,7 +393,7 @@ class Workbench:
         fit_linear_head(head, x, train.targets, l2)
         out: dict[str, Any] = {"probe_l2": l2}
         if val is not None:
-            metric = metric_fn_for(head, self.task)
+            metric = metric_fn_for(head, self.task, self.metric_name)
             out["probe_val_metric"] = metric(
                 head_outputs(head, self.features(val)), torch.as_tensor(val.targets)
             )

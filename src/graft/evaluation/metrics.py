@@ -28,6 +28,8 @@ SELECTION = {"multiclass": "accuracy", "multilabel": "micro_f1", "regression": "
 # Below this many test examples of a class, BCa intervals of F1 scores under-cover (simulated: 56% at
 # 20 rows with a 13% class).
 RARE_SUPPORT = 5
+# Classes count as skewed when the largest has more than this many times the smallest's examples.
+SKEWED = 3.0
 
 
 @dataclass
@@ -329,6 +331,18 @@ def evaluate_predictions(
     return result
 
 
-def selection_score(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """The early-stopping / model-choice metric (higher is better)."""
-    return task_metrics(task, y_true, y_pred)[SELECTION[task]]
+def selection_score(task: str, y_true: np.ndarray, y_pred: np.ndarray, metric: str | None = None) -> float:
+    """The early-stopping / model-choice metric (higher is better): ``metric``, or the task's default."""
+    return task_metrics(task, y_true, y_pred)[metric or SELECTION[task]]
+
+
+def selection_metric(task: str, targets: np.ndarray) -> str:
+    """The metric settings are chosen on: macro-F1 when the classes are skewed (the largest class has
+    more than :data:`SKEWED` times the examples of the smallest), where accuracy rewards ignoring the
+    small classes; else the task's default (:data:`SELECTION`)."""
+    if task == "multiclass" and len(targets):
+        counts = np.bincount(np.asarray(targets, dtype=np.int64))
+        counts = counts[counts > 0]
+        if len(counts) > 1 and counts.max() > SKEWED * counts.min():
+            return "macro_f1"
+    return SELECTION[task]

@@ -54,11 +54,14 @@ def score_outputs(
     )  # fmt: skip
 
 
-def metric_fn_for(head: torch.nn.Module, task: str) -> Callable[[torch.Tensor, torch.Tensor], float]:
-    """The selection metric (higher is better) on raw outputs, for early stopping and model choice."""
+def metric_fn_for(
+    head: torch.nn.Module, task: str, name: str | None = None
+) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    """The selection metric ``name`` (default: the task's; higher is better) on raw outputs, for early
+    stopping and model choice."""
 
     def metric(outputs: torch.Tensor, targets: torch.Tensor) -> float:
         predicted = predicted_targets(task, head.activate(outputs.cpu()).numpy())
-        return selection_score(task, targets.cpu().numpy(), predicted)
+        return selection_score(task, targets.cpu().numpy(), predicted, name)
 
     return metric
