@@ -142,6 +142,7 @@ def test_a_fine_tune_is_compared_with_the_probe_on_the_same_rows(tiny_source, se
     lo, hi = gain["interval_95"]
     assert lo <= gain["difference"] <= hi
     assert model.report_.data["baselines"]["linear_probe"].startswith("trained")
+    assert {"evaluate", "baselines"} <= set(model.report_.timings)
     assert "gain over the frozen linear probe" in model.report_.to_html()
 
 

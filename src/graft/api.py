@@ -190,7 +190,8 @@ class Model:
         skip_bad: bool = False,
         progress: bool = False,
     ) -> EvaluationResult:
-        """Metrics, 95% intervals and the majority baseline on labeled data the model never saw.
+        """Metrics, 95% intervals, the prior and majority baselines, the coverage-accuracy curve (and the
+        bundle's abstain threshold measured) and the hardest examples, on labeled data the model never saw.
 
         ``skip_bad`` leaves out bad rows (empty text, missing or unknown label) and undecodable
         files instead of failing; they are listed in the result's ``skipped``.
@@ -396,7 +397,9 @@ def fit(
         if trained.shipped_reason:
             _say(progress, f"note: {trained.shipped_reason}")
         estimate = cross_validated if protocol.outer else held_out  # 6. the honest test estimate,
-        result, baselines = estimate(bench, protocol, choice, trained, time.perf_counter() - t_start)
+        t = time.perf_counter()
+        result, baselines = estimate(bench, protocol, choice, trained, t - t_start)
+        bench.timings["evaluate"] = time.perf_counter() - t - bench.timings.get("baselines", 0.0)
         _say(progress, f"{result.split} ({result.n}): {result.headline()}")  # with baselines (7.)
         for line in comparison_sentences(result):
             _say(progress, line)
