@@ -393,3 +393,22 @@ def test_positional_text_column_from_headerless_training_data(tmp_path):
     assert read_text_inputs(headerless, text_col="1") == ["hello there", "win a prize now", "ok"]
     named = write(tmp_path, "in.csv", "id,text\n1,hello there\n")
     assert read_text_inputs(named, text_col="1") == ["hello there"]
+
+
+def test_group_col_keeps_each_speaker_on_one_side(tmp_path):
+    from graft.protocols import make_protocol
+
+    lines = ["text,label,speaker"] + [f"clip number {i},d{i % 3},s{i % 6}" for i in range(90)]
+    path = write(tmp_path, "clips.csv", "\n".join(lines) + "\n")
+    ds = read_dataset(path, DataConfig(group_col="speaker"))
+    assert sorted(set(ds.groups)) == [f"s{k}" for k in range(6)]
+    p = make_protocol(ds, seed=0, estimate="holdout")
+    train_speakers = {ds.groups[ds.examples.index(t)] for t in p.pool.examples}
+    test_speakers = {ds.groups[ds.examples.index(t)] for t in p.test.examples}
+    assert train_speakers.isdisjoint(test_speakers) and test_speakers
+    for tr, va in p.folds:
+        assert set(p.pool.groups[tr]).isdisjoint(p.pool.groups[va])
+    with pytest.raises(DataError, match="no group column 'nope'"):
+        read_dataset(path, DataConfig(group_col="nope"))
+    with pytest.raises(DataError, match="groups come from a column"):
+        read_dataset(["a", "b", "c", "d"], DataConfig(group_col="speaker"), labels=["x", "y", "x", "y"])

@@ -457,7 +457,8 @@ def _read_run_data(
         if extra is None:
             return None
         return read_dataset(
-            extra, dataclasses.replace(cfg.data, task=source.task), label_space=space, task=source.task,
+            extra, dataclasses.replace(cfg.data, task=source.task, group_col=None), label_space=space,
+            task=source.task,
             require_min_per_class=False, prefer_columns=(source.text_col, source.label_col),
         )  # fmt: skip
 

@@ -75,6 +75,13 @@ class DataConfig:
             "for FSDD digits (folders of files without class sub-folders)"
         ),
     )
+    group_col: str | None = field(
+        default=None,
+        metadata=_help(
+            "column of group ids (a speaker, a user, a patient): a group is never divided between the "
+            "test split, validation and training, nor between folds"
+        ),
+    )
     skip_bad: bool = field(
         default=False,
         metadata=_help(

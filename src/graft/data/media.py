@@ -27,7 +27,14 @@ from graft.config import DataConfig
 from graft.data.dataset import SKIP_BAD_HINT, DataReport, Dataset, build_dataset, leave_out
 from graft.data.encodings import decode_bytes, decode_head, emit_warnings
 from graft.data.formats import describe_formats, media_modality, media_name_pattern
-from graft.data.text import Table, _resolve_column, detect_label_column, read_table, table_from_object
+from graft.data.text import (
+    Table,
+    _resolve_column,
+    attach_groups,
+    detect_label_column,
+    read_table,
+    table_from_object,
+)
 from graft.errors import ContractError, DataError, format_problems
 
 PATH_NAMES = (
@@ -258,7 +265,7 @@ def read_media_table(
     report.notes.insert(0, f"columns: path={table.columns[path_j]!r}, label={table.columns[label_j]!r}")
     labels = [table.records[i][label_j] for i in kept]
     paths, labels, keep = _drop_bad(paths, labels, modality, cfg, table.source, report)
-    return build_dataset(
+    ds = build_dataset(
         paths,
         labels,
         modality=modality,
@@ -272,6 +279,7 @@ def read_media_table(
         skip_bad=cfg.skip_bad,
         **build,
     )
+    return attach_groups(ds, table, cfg.group_col)
 
 
 def _table_paths(table: Table, path_j: int, modality: str, skip_bad: bool) -> tuple[list[str], list[int]]:

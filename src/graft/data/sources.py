@@ -45,6 +45,13 @@ def read_dataset(
         "task": task or cfg.task,
         "require_min_per_class": require_min_per_class,
     }
+    if cfg.group_col and (
+        labels is not None or (isinstance(data, str | os.PathLike) and Path(data).is_dir())
+    ):
+        raise DataError(
+            f"--group-col {cfg.group_col}: groups come from a column of a table (CSV/TSV/JSONL, a DataFrame "
+            "or a dict of columns); this data has no columns"
+        )
     if labels is not None:
         if isinstance(data, list | tuple) and detect_modality(list(data)) != "text":
             table = table_from_object({"path": [str(x) for x in data], "label": list(labels)})

@@ -328,6 +328,23 @@ def table_from_object(data: Any) -> Table:
 # choosing columns
 
 
+def attach_groups(ds: Dataset, table: Table, group_col: str | None) -> Dataset:
+    """``ds`` with each example's group id from ``group_col`` of ``table`` (``Dataset.groups``); a
+    row without one is a group of its own."""
+    if not group_col:
+        return ds
+    import numpy as np
+
+    j = _resolve_column(table, group_col, "group")
+    position = {row: i for i, row in enumerate(table.rows)}
+    values = [table.records[position[row]][j] for row in ds.rows]
+    missing = [v is None or (isinstance(v, float) and v != v) or not str(v).strip() for v in values]
+    ids = [f"\0row{row}" if gap else str(v) for v, gap, row in zip(values, missing, ds.rows, strict=True)]
+    ds.groups = np.array(ids, dtype=str)
+    ds.report.notes.append(f"groups: {len(set(ids))} in column {table.columns[j]!r}")
+    return ds
+
+
 def _resolve_column(table: Table, name: str, role: str) -> int:
     if name in table.columns:
         return table.columns.index(name)
@@ -453,7 +470,7 @@ def read_text_dataset(
     text_j, label_j = choose_columns(table, cfg.text_col, cfg.label_col, prefer_columns)
     report = table.report
     report.notes.insert(0, f"columns: text={table.columns[text_j]!r}, label={table.columns[label_j]!r}")
-    return build_dataset(
+    ds = build_dataset(
         table.column(text_j),
         table.column(label_j),
         task=task,
@@ -468,6 +485,7 @@ def read_text_dataset(
         require_min_per_class=require_min_per_class,
         skip_bad=cfg.skip_bad,
     )
+    return attach_groups(ds, table, cfg.group_col)
 
 
 def read_text_inputs(data: Any, text_col: str | None = None, encoding: str | None = None) -> list[str]:
