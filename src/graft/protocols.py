@@ -193,12 +193,12 @@ def _test_part(
             f"the whole recipe, choice included, on the other folds; the shipped model trains on all {n})"
         )
         empty = source.subset([], source=f"{source.source} [cross-validated]")
-        return source, empty, outer, {"test": _straddling_folds(groups, outer)}, said, groups
+        return source, empty, outer, {"test": _straddling(groups, outer)}, said, groups
     keep, out, how = holdout(source, test_fraction, seed, "test", groups)
     test = source.subset(out, source=f"{source.source} [test split]")
     said = f"test: {how} {test_fraction:.0%} hold-out ({len(test)})"
     pool_groups = None if groups is None else groups[keep]
-    return source.subset(keep), test, None, {"test": _straddling(groups, keep, out)}, said, pool_groups
+    return source.subset(keep), test, None, {"test": _straddling(groups, [(keep, out)])}, said, pool_groups
 
 
 def _cross_validated(estimate: str, n: int) -> bool:
@@ -207,25 +207,16 @@ def _cross_validated(estimate: str, n: int) -> bool:
     return estimate == "cv" or (estimate == "auto" and n <= CV_ESTIMATE_MAX_EXAMPLES)
 
 
-def _straddling_folds(
-    groups: np.ndarray | None, outer: list[tuple[np.ndarray, np.ndarray]]
-) -> dict[str, Any]:
-    """The leakage check of the outer folds: scored rows whose group also trains their fold's model."""
-    rows = 0 if groups is None else sum(int(np.isin(groups[te], groups[tr]).sum()) for tr, te in outer)
-    n = sum(len(te) for _, te in outer)
-    together = 0 if groups is None else int(len(groups) - len(np.unique(groups)))
-    return {"rows": rows, "of": n, "kept_together": together, "examples": []}
-
-
-def _straddling(groups: np.ndarray | None, keep: np.ndarray, out: np.ndarray) -> dict[str, Any]:
-    """The leakage check of graft's own split: held-out rows whose group (copies of one input, a
-    user's group) also has training rows (0 unless the split is broken), and how many rows were kept
-    together with a copy."""
+def _straddling(groups: np.ndarray | None, parts: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """The leakage check of graft's own splits, each (training rows, held-out rows): held-out rows whose
+    group (copies of one input, a user's group) also has training rows (0 unless a split is broken),
+    and how many rows were kept together with a copy."""
+    held_out = sum(len(out) for _, out in parts)
     if groups is None:
-        return {"rows": 0, "of": len(out), "kept_together": 0, "examples": []}
+        return {"rows": 0, "of": held_out, "kept_together": 0, "examples": []}
     return {
-        "rows": int(np.isin(groups[out], groups[keep]).sum()),
-        "of": len(out),
+        "rows": sum(int(np.isin(groups[out], groups[keep]).sum()) for keep, out in parts),
+        "of": held_out,
         "kept_together": int(len(groups) - len(np.unique(groups))),
         "examples": [],
     }
