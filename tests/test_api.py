@@ -234,3 +234,28 @@ def test_skewed_classes_choose_settings_on_macro_f1(tiny_source):
     model = graft.fit(texts, labels=labels, backbone=tiny_source, strategy="linear_probe", progress=False,
                       baselines="none")  # fmt: skip
     assert model.report_.validation["metric"] == "macro_f1"
+
+
+def test_balanced_class_weights_train_the_probe_and_the_fine_tune(tiny_source, monkeypatch):
+    from graft.heads import MulticlassHead
+
+    rows = [(t, y) for t, y in make_sentiment(40) if y == "negative"][:40]
+    rows += [(t, y) for t, y in make_sentiment(40) if y == "positive"][:10]  # 4:1
+    texts, labels = [t for t, _ in rows], [y for _, y in rows]
+    weights = []
+    original = MulticlassHead.loss
+
+    def spy(self, outputs, targets):
+        weights.append(self.class_weight)
+        return original(self, outputs, targets)
+
+    monkeypatch.setattr(MulticlassHead, "loss", spy)
+    cfg = RunConfig(
+        train=TrainConfig(class_weight="balanced", epochs=1), evaluation=graft.EvalConfig(baselines="none")
+    )
+    model = graft.fit(texts, labels=labels, backbone=tiny_source, strategy="full", config=cfg, progress=False)
+    assert weights and all(w is not None and float(w[1]) > float(w[0]) for w in weights)
+    assert model.report_.test.n > 0 and model.predict(["great film"])[0] in ("negative", "positive")
+    with pytest.raises(graft.ConfigError, match="--class-weight applies to classification"):
+        values = [float(i) for i in range(len(texts))]
+        graft.fit(texts, labels=values, task="regression", backbone=tiny_source, config=cfg, progress=False)

@@ -305,3 +305,28 @@ def test_curve_draws_the_recipe_at_growing_sizes(tiny_source, sentiment_csv, tmp
     assert 'alt="learning curve"' in (out / "report.html").read_text()
     assert main(["curve", str(sentiment_csv), "--backbone", tiny_source, "--sizes", "4,x", "--quiet"]) == 2
     assert main(["curve", str(sentiment_csv), "--strategies", "nope", "--quiet"]) == 2
+
+
+def test_costs_from_fit_to_predict_and_evaluate(tiny_source, sentiment_csv, tmp_path, capsys):
+    costs = tmp_path / "costs.csv"
+    costs.write_text("true,negative,positive,abstain\nnegative,0,5,1\npositive,1,0,1\n")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("true,negative,positive\nnegative,0,5\npositive,1,zero\n")
+    out = tmp_path / "run"
+    fit = ["fit", str(sentiment_csv), "--backbone", tiny_source, "--strategy", "linear_probe", "--quiet"]
+    assert main([*fit, "--costs", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.csv: line 3, column 'positive': 'zero' is not a cost" in err and "Traceback" not in err
+    assert not out.exists()
+    assert main([*fit, "--costs", str(costs), "--out", str(out)]) == 0
+    assert "cost per prediction:" in capsys.readouterr().out
+    inputs = tmp_path / "new.txt"
+    inputs.write_text("the movie was great\nawful plot\n")
+    assert main(["predict", str(out), str(inputs), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert all(row["prediction"] in ("negative", "positive", "abstain") for row in rows)
+    assert all(0 <= row["expected_cost"] <= 1 for row in rows)  # abstaining caps it at 1
+    assert main(["evaluate", str(out), str(sentiment_csv), "--costs", str(bad), "--quiet"]) == 2
+    assert "'zero' is not a cost" in capsys.readouterr().err
+    assert main(["evaluate", str(out), str(sentiment_csv), "--quiet"]) == 0
+    assert "cost per prediction:" in capsys.readouterr().out

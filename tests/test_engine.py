@@ -7,7 +7,7 @@ import torch
 
 from graft.api import fit
 from graft.config import DataConfig, EvalConfig, RunConfig, StrategyConfig, TrainConfig
-from graft.engine import Callback, Engine, resolve_precision
+from graft.engine import Callback, Engine, LengthGroupedShuffle, resolve_precision
 from graft.errors import ConfigError
 from graft.serialization import load_tensors
 
@@ -216,3 +216,35 @@ def test_engine_without_checkpoint_dir_keeps_nothing(tiny_source, sentiment_csv,
     fit(sentiment_csv, backbone=tiny_source, config=_config(epochs=1), progress=False)
     assert not list(tmp_path.rglob("checkpoints")) and not list(tmp_path.rglob("*.safetensors"))
     assert Engine(TrainConfig(), metric="accuracy").checkpoint_dir is None
+
+
+def test_length_grouped_batches_are_a_seeded_permutation_that_pads_little():
+    lengths = [int(x) for x in torch.randint(1, 400, (1000,), generator=torch.Generator().manual_seed(0))]
+    sampler = LengthGroupedShuffle(lengths, batch_size=32, seed=3)
+    order = list(sampler)
+    assert sorted(order) == list(range(1000)) and order == list(sampler)  # one permutation per epoch
+    sampler.start_epoch(1)
+    assert list(sampler) != order
+    batches = [order[i : i + 32] for i in range(0, 1000, 32)]
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    assert padded < 1.1 * sum(lengths)  # random batches of 32 from 1..400 pad to ~1.9x
+    assert len(batches[-1]) == 1000 % 32  # the one short batch is the last: cuts fall on batch bounds
+    assert LengthGroupedShuffle(lengths, 32, seed=3).__iter__().__next__() == order[0]
+
+
+def test_text_fine_tuning_gets_length_grouped_batches(tiny_source, sentiment_csv, val_csv, monkeypatch):
+    seen = []
+    original = Engine.fit
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("lengths"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "fit", spy)
+    cfg = RunConfig(train=TrainConfig(epochs=1), evaluation=EvalConfig(baselines="none"))
+    fit(sentiment_csv, backbone=tiny_source, strategy="full", val=str(val_csv), config=cfg, progress=False)
+    assert seen and all(lengths is not None and len(lengths) >= 60 for lengths in seen)
+    seen.clear()
+    cfg = cfg.replace("train", batching="random")
+    fit(sentiment_csv, backbone=tiny_source, strategy="full", val=str(val_csv), config=cfg, progress=False)
+    assert seen and all(lengths is None for lengths in seen)

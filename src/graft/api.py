@@ -39,9 +39,10 @@ from graft.errors import ConfigError, ContractError
 from graft.estimate import cross_validated, held_out
 from graft.evaluation import EvaluationResult, RunReport, fit_majority
 from graft.evaluation.calibration import scale
+from graft.evaluation.costs import Costs, cost_report, read_costs
 from graft.evaluation.metrics import selection_metric
 from graft.evaluation.outputs import decode_outputs, head_outputs, score_outputs
-from graft.evaluation.report import comparison_sentences, leakage_sentences
+from graft.evaluation.report import comparison_sentences, cost_sentence, leakage_sentences
 from graft.features import FeatureCache, extract_features
 from graft.heads import TaskModel
 from graft.protocols import make_protocol
@@ -164,12 +165,20 @@ class Model:
         """Labels (multiclass), lists of labels (multilabel, threshold 0.5) or values (regression).
 
         A bundle fitted with ``--target-precision`` answers ``"abstain"`` where the top calibrated
-        probability is below its threshold (``abstain=False``: always the top label)."""
+        probability is below its threshold (``abstain=False``: always the top label). A bundle fitted
+        with ``--costs`` answers the class (or ``abstain``, where the matrix prices it) of lowest
+        expected cost (``abstain=False``: the cheapest class)."""
         values = self.activated(self.inputs(inputs, text_col, encoding), progress=progress)
         return self.decide(values, abstain=abstain)
 
     def decide(self, activated: np.ndarray, *, abstain: bool = True) -> list[Any]:
         """Answers from activated outputs (see :meth:`predict`)."""
+        if self.costs_ is not None and self.task == "multiclass":
+            from graft.evaluation.costs import decide
+
+            k = len(self.label_space)
+            chosen = decide(activated, self.costs_, abstain=abstain)
+            return [self.label_space[j] if j < k else self.costs_.answers[j] for j in chosen.tolist()]
         answers = decode_outputs(self.task, self.label_space, activated)
         rule = self.manifest_.get("abstain") if abstain and self.task == "multiclass" else None
         if rule:
@@ -189,13 +198,20 @@ class Model:
         encoding: str | None = None,
         skip_bad: bool = False,
         progress: bool = False,
+        costs: str | Path | None = None,
     ) -> EvaluationResult:
         """Metrics, 95% intervals, the prior and majority baselines, the coverage-accuracy curve (and the
         bundle's abstain threshold measured) and the hardest examples, on labeled data the model never saw.
 
+        ``costs``: a cost matrix file to measure the cost per prediction with (default: the bundle's own,
+        if it was fitted with ``--costs``); it changes the evaluation only, not the bundle.
+
         ``skip_bad`` leaves out bad rows (empty text, missing or unknown label) and undecodable
         files instead of failing; they are listed in the result's ``skipped``.
         """
+        if costs is not None and self.task != "multiclass":
+            raise ConfigError(f"--costs applies to multiclass models; this one is {self.task}")
+        matrix = read_costs(costs, list(self.label_space)) if costs is not None else self.costs_
         media = self.modality != "text"
         cfg = DataConfig(
             text_col=None if media else text_col, path_col=text_col if media else None,
@@ -232,7 +248,16 @@ class Model:
             if self.manifest_.get("abstain"):
                 chosen = self.manifest_["abstain"]
                 result.abstain |= {"chosen": chosen, "test": measure(proba, ds.targets, chosen["threshold"])}
+            if matrix is not None:
+                prior = np.asarray(self.manifest_["majority"]["frequencies"])
+                result.costs = cost_report(matrix, proba, ds.targets, prior)
         return result
+
+    @property
+    def costs_(self) -> Costs | None:
+        """The cost matrix the bundle decides with (``--costs`` at fit time), or ``None``."""
+        raw = self.manifest_.get("costs")
+        return Costs.from_dict(raw) if raw else None
 
     def report(self, result: EvaluationResult, data: str) -> RunReport:
         """The report of an evaluation of this bundle (``graft evaluate --report DIR``)."""
@@ -403,6 +428,8 @@ def fit(
         _say(progress, f"{result.split} ({result.n}): {result.headline()}")  # with baselines (7.)
         for line in comparison_sentences(result):
             _say(progress, line)
+        if result.costs:
+            _say(progress, cost_sentence(result.costs))
         if run_data.cfg.data.refit == "all" and len(protocol.test):  # 8. optionally, + the test rows
             trained = train_final(bench, protocol, choice, add=protocol.test)
         return _finish(run_data, bench, protocol, choice, trained, result, run, progress, baselines)  # 9.
@@ -420,6 +447,7 @@ class _RunData:
     fingerprint: str
     t_start: float = 0.0
     truncated: int = 0
+    costs: Costs | None = None
 
 
 def _read_run_data(
@@ -451,7 +479,7 @@ def _read_run_data(
     t = time.perf_counter()
     source = read_dataset(data, cfg.data, labels=labels)
     space = source.label_space if source.task != "regression" else None
-    _check_target_precision(cfg, source)
+    costs = _check_evaluation(cfg, source)
 
     def read_extra(extra: Any) -> Dataset | None:
         if extra is None:
@@ -471,15 +499,32 @@ def _read_run_data(
         for warning in ds.report.warnings:
             _say(progress, f"warning: {warning}")
     return _RunData(
-        cfg, source, val_ds, test_ds, {"read_data": time.perf_counter() - t}, source.fingerprint()
+        cfg,
+        source,
+        val_ds,
+        test_ds,
+        {"read_data": time.perf_counter() - t},
+        source.fingerprint(),
+        costs=costs,
     )
 
 
-def _check_target_precision(cfg: RunConfig, source: Dataset) -> None:
+def _check_evaluation(cfg: RunConfig, source: Dataset) -> Costs | None:
+    """The cost matrix of ``--costs`` (read and checked now: a mistake in it fails before any work);
+    ``--class-weight`` and ``--target-precision`` checked against the task."""
     from graft.evaluation.abstain import ABSTAIN
 
+    if cfg.train.class_weight != "none" and source.task == "regression":
+        raise ConfigError(f"--class-weight applies to classification; {source.source} is a regression task")
+    costs = None
+    if cfg.evaluation.costs is not None:
+        if source.task != "multiclass":
+            raise ConfigError(f"--costs applies to multiclass data; {source.source} is {source.task}")
+        from graft.evaluation.costs import read_costs
+
+        costs = read_costs(cfg.evaluation.costs, list(source.label_space))
     if cfg.evaluation.target_precision is None:
-        return
+        return costs
     if source.task != "multiclass":
         raise ConfigError(f"--target-precision applies to multiclass data; {source.source} is {source.task}")
     if ABSTAIN in [str(label) for label in source.label_space]:
@@ -510,6 +555,7 @@ def _workbench(
         metric=selection_metric(source.task, source.targets),
     )  # fmt: skip
     bench.timings.update(run_data.timings, load_backbone=time.perf_counter() - t)
+    bench.costs = run_data.costs
     truncated = bb.count_truncated(source.examples)
     if truncated:
         _say(
@@ -551,7 +597,7 @@ def _finish(run_data, bench, protocol, choice, trained, result, run, progress, b
                               len(source.label_space)),
         pretrained_sha256=bench.weights_sha256, fingerprint=run_data.fingerprint,
         calibration={k: v for k, v in result.calibration.items() if k in ("temperature", "fitted_on")},
-        abstain=result.abstain.get("chosen"),
+        abstain=result.abstain.get("chosen"), costs=run_data.costs.to_dict() if run_data.costs else None,
     )  # fmt: skip
     model = Model(trained.network, manifest, report)
     barrier()  # under accelerate launch: every process is done training before the folder is finished

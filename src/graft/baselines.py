@@ -106,6 +106,7 @@ def scratch_config(cfg: RunConfig, epochs: int) -> RunConfig:
     train = dataclasses.replace(
         pretrain_defaults().train, epochs=min(epochs, SCRATCH_MAX_EPOCHS), seed=cfg.train.seed,
         augment=cfg.train.augment, mixed_precision=cfg.train.mixed_precision, workers=cfg.train.workers,
+        class_weight=cfg.train.class_weight, batching=cfg.train.batching,
     )  # fmt: skip
     strategy = dataclasses.replace(
         cfg.strategy, kind="full", head_init="random", bn_stats="train", unfreeze_top=None, layer_lr_decay=1.0

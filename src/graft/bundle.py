@@ -100,6 +100,7 @@ def make_manifest(
     fingerprint: str,
     calibration: dict[str, Any] | None = None,
     abstain: dict[str, Any] | None = None,
+    costs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest of a trained network (a TaskModel) fitted on ``source`` (a Dataset) with ``cfg``
     (a RunConfig) and evaluated as ``result``; :func:`save_bundle` adds versions, hashes and integrity."""
@@ -129,6 +130,7 @@ def make_manifest(
         "majority": majority,
         **({"calibration": calibration} if calibration else {}),
         **({"abstain": abstain} if abstain else {}),
+        **({"costs": costs} if costs else {}),
         "provenance": {
             "backbone_source": cfg.backbone.source,
             "backbone_weights_sha256": pretrained_sha256,

@@ -208,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--encoding", help=ENCODING_HELP)
     ev.add_argument(
+        "--costs", metavar="FILE",
+        help="a cost matrix (CSV/TSV/JSON; rows: true class, columns: answer) to measure the cost per "
+        "prediction with (default: the bundle's own, from fit --costs); the bundle is not changed",
+    )  # fmt: skip
+    ev.add_argument(
         "--skip-bad", action="store_true",
         help="leave out bad rows (empty text, missing or unknown label) and undecodable files instead of "
         "failing; they are listed in the output",
@@ -405,6 +410,10 @@ def cmd_fit(args: argparse.Namespace, out: TextIO) -> int:
         "trained": strategy["kind"],
         **_metrics_payload(model.metrics),
     }
+    report = model.report_
+    costs = report.test.costs if report is not None and report.test is not None else None
+    if costs:
+        summary["costs"] = {k: costs[k] for k in ("rules", "saving", "abstained")}
     if model.report_ is not None:
         summary["validation"] = {
             k: v for k, v in model.report_.validation.items() if k not in ("grid", "steps_grid")
@@ -417,6 +426,10 @@ def cmd_fit(args: argparse.Namespace, out: TextIO) -> int:
         print(f"bundle: {summary['bundle']}", file=out)
         print(f"strategy: {summary['strategy']} ({summary['reason']})", file=out)
         _print_metrics(summary, out)
+        if costs:
+            from graft.evaluation.report import cost_sentence
+
+            print(cost_sentence(costs), file=out)
     return EXIT_OK
 
 
@@ -468,7 +481,7 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
 
     model = load(args.bundle)
     result = model.evaluate(args.data, text_col=args.text_col, label_col=args.label_col,
-                            encoding=args.encoding, skip_bad=args.skip_bad,
+                            encoding=args.encoding, skip_bad=args.skip_bad, costs=args.costs,
                             progress=not args.quiet)  # fmt: skip
     payload = {"bundle": str(args.bundle), "data": str(args.data), **result.to_dict()}
     if args.report:
@@ -501,6 +514,10 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
                 f"{row['support']:>10}",
                 file=out,
             )
+    if result.costs:
+        from graft.evaluation.report import cost_sentence
+
+        print(f"\n{cost_sentence(result.costs)}", file=out)
     return EXIT_OK
 
 
@@ -515,7 +532,9 @@ def cmd_predict(args: argparse.Namespace, out: TextIO) -> int:
         values = decode_outputs(model.task, model.label_space, activated)
         rows = [{key: t, "prediction": v} for t, v in zip(texts, values, strict=True)]
     else:
-        proba = activated
+        from graft.evaluation.costs import expected_costs
+
+        proba, costs = activated, model.costs_
         labels = model.decide(proba)
         rows = []
         for text, label, p in zip(texts, labels, proba, strict=True):
@@ -526,6 +545,8 @@ def cmd_predict(args: argparse.Namespace, out: TextIO) -> int:
             row.update(
                 {f"p_{name}": round(float(x), 6) for name, x in zip(model.label_space, p, strict=True)}
             )
+            if costs is not None:
+                row["expected_cost"] = round(float(expected_costs(p[None], costs).min()), 6)
             rows.append(row)
     if args.json and not args.out:
         for row in rows:

@@ -27,6 +27,8 @@ StrategyKind = Literal[
 Refit = Literal["train", "all"]
 Estimate = Literal["auto", "holdout", "cv"]
 Precision = Literal["auto", "no", "fp16", "bf16"]
+Batching = Literal["by_length", "random"]
+ClassWeight = Literal["none", "balanced"]
 Augment = Literal["auto", "none", "crop", "crop_flip"]
 Baselines = Literal["auto", "none", "cheap", "all"]
 
@@ -307,6 +309,23 @@ class TrainConfig:
         default=None,
         metadata=_help("worker processes decoding images/audio (default: up to 4, one per CPU core)"),
     )
+    class_weight: ClassWeight = field(
+        default="none",
+        metadata=_help(
+            "classification loss weights: none, or balanced (each class weighs n / (classes x its count), "
+            "scikit-learn's; multilabel: each label's positives and negatives). Raises recall on rare "
+            "classes at the cost of calibrated probabilities; on skewed data graft already chooses on "
+            "macro-F1 (docs/evaluation.md)"
+        ),
+    )
+    batching: Batching = field(
+        default="by_length",
+        metadata=_help(
+            "text training batches: by_length groups texts of similar length (random groups of 50 batches "
+            "sorted, batch order shuffled; pads 1.0-1.2x the real tokens where random batches pad 2-3x), "
+            "random: uniformly shuffled batches. Files: always random"
+        ),
+    )
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum"):
@@ -347,10 +366,24 @@ class EvalConfig:
         ),
     )
 
+    costs: str | None = field(
+        default=None,
+        metadata=_help(
+            "multiclass: a cost matrix file (CSV/TSV/JSON; rows: true class, columns: answer, optionally "
+            "'abstain'); predict then answers the cheapest expected answer, and the report gives the cost "
+            "per prediction (docs/evaluation.md)"
+        ),
+    )
+
     def __post_init__(self) -> None:
         if self.target_precision is not None and not (0 < self.target_precision < 1):
             raise ConfigError(
                 f"target_precision must be between 0 and 1 (e.g. 0.95), got {self.target_precision}"
+            )
+        if self.target_precision is not None and self.costs is not None:
+            raise ConfigError(
+                "--target-precision and --costs both decide when to abstain; use one (an 'abstain' column "
+                "in the cost file gives abstaining a cost)"
             )
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from graft.baselines import baseline_predictions, score_baselines
 from graft.evaluation.calibration import calibration_report, fit_calibration, scale
+from graft.evaluation.costs import cost_report
 
 if TYPE_CHECKING:
     from graft.data import Dataset
@@ -134,4 +135,7 @@ def evaluate(
         target = bench.cfg.evaluation.target_precision
         result.abstain = abstain_report(target, oof_proba, oof_targets, scored.after, targets)
         result.errors = error_analysis(rows.examples, targets, scored.after, bench.label_space)
+        if bench.costs is not None:
+            prior = np.bincount(train_targets, minlength=len(bench.label_space)) / max(len(train_targets), 1)
+            result.costs = cost_report(bench.costs, scored.after, targets, prior, seed=bench.cfg.train.seed)
     return result

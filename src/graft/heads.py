@@ -13,15 +13,23 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 
 class Head(nn.Module):
-    """Standardise -> dropout -> linear. Subclasses define the loss and the activation."""
+    """Standardise -> dropout -> linear. Subclasses define the loss and the activation.
+
+    ``class_weight`` (set by :meth:`set_class_weight`, ``--class-weight balanced``) weighs the training
+    loss; it is a training setting, not part of the saved head.
+    """
 
     task: str = ""
+    class_weight: torch.Tensor | None = None
 
     def __init__(self, in_dim: int, n_outputs: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -36,6 +44,11 @@ class Head(nn.Module):
         features = features.float()
         self.input_mean.copy_(features.mean(0))
         self.input_scale.copy_(features.std(0, unbiased=False).clamp(min=1e-6))
+
+    def set_class_weight(self, targets: Any) -> None:
+        """Weigh the loss so that every class (multilabel: each label's positives and negatives) counts
+        as much in total as in a balanced training set: :func:`balanced_weights` of ``targets``."""
+        self.class_weight = balanced_weights(self.task, targets, self.linear.out_features)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = (features.to(self.input_mean.dtype) - self.input_mean) / self.input_scale
@@ -53,7 +66,8 @@ class MulticlassHead(Head):
     task = "multiclass"
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(outputs.float(), targets.long())
+        weight = None if self.class_weight is None else self.class_weight.to(outputs.device)
+        return F.cross_entropy(outputs.float(), targets.long(), weight=weight)
 
     def activate(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.float().softmax(-1)
@@ -63,7 +77,11 @@ class MultilabelHead(Head):
     task = "multilabel"
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(outputs.float(), targets.float())
+        weight = None
+        if self.class_weight is not None:  # [2, labels]: negatives' weights, then positives'
+            w = self.class_weight.to(outputs.device)
+            weight = torch.where(targets > 0.5, w[1], w[0])
+        return F.binary_cross_entropy_with_logits(outputs.float(), targets.float(), weight=weight)
 
     def activate(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.float().sigmoid()
@@ -96,6 +114,31 @@ _HEADS: dict[str, type[Head]] = {
     "multilabel": MultilabelHead,
     "regression": RegressionHead,
 }
+
+
+def balanced_weights(task: str, targets: Any, n_outputs: int) -> torch.Tensor:
+    """scikit-learn's ``class_weight="balanced"``: ``n / (k * n_c)`` for each of the ``k`` classes
+    present (an absent class: 1), so the weights sum to ``n`` over the rows. Multilabel ``[2, labels]``:
+    ``n / (2 n_neg)`` and ``n / (2 n_pos)`` per label (1 where a label is all one value).
+
+    Example:
+        >>> [round(w, 4) for w in balanced_weights("multiclass", [0, 0, 0, 1], 2).tolist()]
+        [0.6667, 2.0]
+    """
+    y = torch.as_tensor(np.asarray(targets))
+    n = len(y)
+    if task == "multiclass":
+        counts = torch.bincount(y.long(), minlength=n_outputs).double()
+        present = int((counts > 0).sum())
+        weight = torch.where(counts > 0, n / (present * counts.clamp(min=1)), torch.ones_like(counts))
+        return weight.float()
+    if task == "multilabel":
+        pos = y.double().sum(0)
+        counts = torch.stack([n - pos, pos])
+        both = (counts > 0).all(0)
+        weight = torch.where(both, n / (2 * counts.clamp(min=1)), torch.ones_like(counts))
+        return weight.float()
+    raise ValueError(f"class weights apply to multiclass and multilabel tasks, not {task!r}")
 
 
 def make_head(task: str, in_dim: int, n_outputs: int, dropout: float = 0.0) -> Head:

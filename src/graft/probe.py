@@ -124,7 +124,8 @@ def fit_linear_head(
         xs = ((x.to(stats_device).float() - head.input_mean) / head.input_scale).double().cpu().numpy()
     if task == "regression":
         y_np = (y_np - float(head.target_mean)) / float(head.target_scale)
-    solver = _Solver(task, head.linear.out_features, tol=tol, max_iter=max_iter)
+    balanced = head.class_weight is not None  # --class-weight balanced: the same weights as the loss
+    solver = _Solver(task, head.linear.out_features, tol=tol, max_iter=max_iter, balanced=balanced)
     with _one_blas_thread():
         solver.fit(xs, y_np, l2)
     if solver.capped:
@@ -152,6 +153,7 @@ def select_l2(
     progress: bool = False,
     one_standard_error: bool = True,
     metric: str | None = None,
+    balanced: bool = False,
 ) -> ProbeSelection:
     """Score every L2 strength on every fold; the strongest L2 within one standard error of the best
     mean score wins (the best mean itself with ``one_standard_error=False``).
@@ -171,6 +173,8 @@ def select_l2(
         one_standard_error: prefer the strongest L2 within one standard error of the best (the head
             that predicts); False takes the best mean, e.g. for a head that fine-tuning starts from,
             where a head shrunk toward zero would pass almost no gradient into the backbone.
+        metric: the selection metric (default: the task's, see :func:`graft.evaluation.selection_score`).
+        balanced: weigh classes as ``--class-weight balanced`` does (:func:`graft.heads.balanced_weights`).
 
     Example:
         >>> x, y = torch.randn(60, 4), torch.arange(60) % 3
@@ -195,7 +199,9 @@ def select_l2(
         _one_blas_thread(),
     ):
         for f, (train_idx, val_idx) in enumerate(folds):
-            scores[f] = _fold_scores(task, n_outputs, x_np, y_np, train_idx, val_idx, grid, bar, metric)
+            scores[f] = _fold_scores(
+                task, n_outputs, x_np, y_np, train_idx, val_idx, grid, bar, metric, balanced=balanced
+            )
     means, stds = scores.mean(0), scores.std(0)
     margin_folds = len(folds) if one_standard_error else 1  # 1: no margin, the arg-max
     chosen = _one_standard_error(grid, means, stds, margin_folds)
@@ -236,6 +242,8 @@ def _fold_scores(
     grid: list[float],
     bar: Any,
     metric: str | None = None,
+    *,
+    balanced: bool = False,
 ) -> np.ndarray:
     """The selection score of each grid value on one fold, fitted along the grid with warm starts."""
     from graft.evaluation import selection_score
@@ -248,7 +256,7 @@ def _fold_scores(
     if task == "regression":
         y_mean, y_scale = float(train_y.mean()), max(float(train_y.std()), 1e-6)
         train_y = (train_y - y_mean) / y_scale
-    solver = _Solver(task, n_outputs, tol=_TOL, max_iter=_SELECT_MAX_ITER, warm_start=True)
+    solver = _Solver(task, n_outputs, tol=_TOL, max_iter=_SELECT_MAX_ITER, warm_start=True, balanced=balanced)
     scores = np.empty(len(grid))
     previous: np.ndarray | None = None
     for g, l2 in enumerate(grid):
@@ -393,13 +401,17 @@ class _Solver:
       ``C = 1 / (l2 n L)``;
     * regression: the head's loss is the mean squared error (no 1/2), ridge minimises
       ``||r||^2 + alpha ||w||^2``, so ``alpha = l2 n / 2``.
+
+    ``balanced``: scikit-learn's ``class_weight="balanced"``, the weights of
+    :func:`graft.heads.balanced_weights`; they sum to ``n``, so the same ``C`` holds.
     """
 
     def __init__(
-        self, task: str, n_outputs: int, *, tol: float, max_iter: int, warm_start: bool = False
-    ) -> None:
+        self, task: str, n_outputs: int, *, tol: float, max_iter: int, warm_start: bool = False,
+        balanced: bool = False,
+    ) -> None:  # fmt: skip
         _check_task(task)
-        self.task, self.n_outputs = task, n_outputs
+        self.task, self.n_outputs, self.balanced = task, n_outputs, balanced
         self.tol, self.max_iter, self.warm_start = tol, max_iter, warm_start
         self._models: dict[Any, Any] = {}
         self.capped = False
@@ -461,7 +473,10 @@ class _Solver:
 
         model = self._models.get(key)
         if model is None:
-            model = LogisticRegression(tol=self.tol, max_iter=self.max_iter, warm_start=self.warm_start)
+            model = LogisticRegression(
+                tol=self.tol, max_iter=self.max_iter, warm_start=self.warm_start,
+                class_weight="balanced" if self.balanced else None,
+            )  # fmt: skip
             self._models[key] = model
         model.set_params(C=C).fit(xs, y)
         self.capped = self.capped or int(np.max(model.n_iter_)) >= self.max_iter

@@ -39,6 +39,7 @@ from graft.heads import Head, TaskModel, make_head
 
 if TYPE_CHECKING:
     from graft.backbones.base import Backbone, Contract
+    from graft.evaluation.costs import Costs
     from graft.strategies import Strategy
     from graft.strategies.base import FineTune, Plan
 
@@ -131,6 +132,7 @@ class Workbench:
         self.checkpoint_root, self.resume = checkpoint_dir, resume
         self.pretrained = getattr(backbone, "pretrained", True)
         self.weights_sha256 = backbone.weights_sha256()  # before any training: the start point
+        self.costs: Costs | None = None  # --costs: measured on the scored rows
         self.metric_name = metric or SELECTION[task]  # what settings are chosen on (higher is better)
         self.cache_hits: list[bool] = []
         self.timings: dict[str, float] = {"features": 0.0}
@@ -198,7 +200,14 @@ class Workbench:
         head = make_head(self.task, self.backbone.feature_dim, n_outputs)
         if self.task == "regression":
             head.set_target_stats(torch.as_tensor(train.targets))
+        elif self.balanced:
+            head.set_class_weight(train.targets)
         return head
+
+    @property
+    def balanced(self) -> bool:
+        """``--class-weight balanced``: the probe and the fine-tuning loss weigh classes equally."""
+        return self.cfg.train.class_weight == "balanced" and self.task != "regression"
 
     def fresh_backbone(self) -> Backbone:
         """A trainable copy of the pretrained backbone."""
@@ -237,12 +246,19 @@ class Workbench:
 
     def train_seconds_per_example(self, data: Dataset) -> float:
         """Seconds one example costs in a training epoch on this machine (a timed forward + backward of
-        the whole network on a few examples, plus a third for validation and data loading)."""
+        the whole network on a few examples, plus a third for validation and data loading). Texts are
+        timed at their mean length: training batches group similar lengths (``--batching by_length``), so
+        they pad little."""
         if self._step_seconds is None:
             n = min(16, len(data))
+            lengths = text_lengths(data) if self.cfg.train.batching == "by_length" else None
+            pick = list(range(n))
+            if lengths is not None:
+                mean = sum(lengths) / len(lengths)
+                pick = sorted(range(len(lengths)), key=lambda i: abs(lengths[i] - mean))[:n]
             network = TaskModel(self.fresh_backbone(), self.new_head(data))
-            batch = network.backbone.preprocess(data.examples[:n])
-            targets = torch.as_tensor(data.targets[:n])
+            batch = network.backbone.preprocess([data.examples[i] for i in pick])
+            targets = torch.as_tensor(data.targets[pick])
             timings = []
             for _ in range(3):  # the first step pays for lazy initialisation; the fastest is the cost
                 t = time.perf_counter()
@@ -287,8 +303,9 @@ class Workbench:
         except DataError:  # a class with a single example: no fold can validate it
             return FALLBACK_L2
         return select_l2(
-            self.task, x, targets, folds=folds, one_standard_error=not for_init, metric=self.metric_name
-        ).l2
+            self.task, x, targets, folds=folds, one_standard_error=not for_init, metric=self.metric_name,
+            balanced=self.balanced,
+        ).l2  # fmt: skip
 
     def fit_probe(
         self, strategy: Strategy, train: Dataset, val: Dataset | None, settings: dict[str, Any]
@@ -311,7 +328,9 @@ class Workbench:
 
         t = time.perf_counter()
         x = self.features(data)
-        chosen = select_l2(self.task, x, data.targets, folds=folds, metric=self.metric_name)
+        chosen = select_l2(
+            self.task, x, data.targets, folds=folds, metric=self.metric_name, balanced=self.balanced
+        )
         best = next(row for row in chosen.table if row["l2"] == chosen.l2)
         return Selection(
             strategy.name, {"l2": chosen.l2}, chosen.score, best.get("score_std", 0.0), chosen.how,
@@ -351,13 +370,15 @@ class Workbench:
                 shipped_reason=f"{strategy.name} fine-tuning never beat the linear probe it started from in "
                 "cross-validation, so the probe (its head on the unchanged pretrained backbone) shipped",
             )  # fmt: skip
+        val_pairs = _pairs(val, longest_first=True) if val is not None else None
         hist = self._engine(strategy.name).fit(
-            network, self._phases(plan), _pairs(train), _pairs(val) if val is not None else None,
+            network, self._phases(plan), _pairs(train), val_pairs,
             collate=PairCollate(network.backbone.preprocessor(self.augment)),
             val_collate=PairCollate(network.backbone.preprocessor()), loss_fn=network.head.loss,
             metric_fn=metric_fn_for(network.head, self.task, self.metric_name),
             resume=self.resume and self._checkpointing,
             workers=self.workers, initial_metric=initial.get("probe_val_metric"), max_epochs=epochs,
+            lengths=text_lengths(train) if self.cfg.train.batching == "by_length" else None,
         )  # fmt: skip
         trained = Trained(
             network, strategy.name, False, best_epoch=hist.best_epoch, record=record,
@@ -477,8 +498,20 @@ def oof_from(parts: list[tuple[np.ndarray, torch.Tensor]]) -> tuple[np.ndarray, 
     return np.concatenate([idx for idx, _ in parts]), torch.cat([out for _, out in parts])
 
 
-def _pairs(ds: Dataset) -> list[tuple[Any, np.ndarray]]:
-    return list(zip(ds.examples, ds.targets, strict=True))
+def _pairs(ds: Dataset, *, longest_first: bool = False) -> list[tuple[Any, np.ndarray]]:
+    """(example, target) pairs; ``longest_first`` orders texts by length (validation batches then pad
+    little; its score does not depend on the order)."""
+    pairs = list(zip(ds.examples, ds.targets, strict=True))
+    lengths = text_lengths(ds)
+    if longest_first and lengths is not None:
+        pairs = [pairs[i] for i in sorted(range(len(pairs)), key=lambda i: -lengths[i])]
+    return pairs
+
+
+def text_lengths(ds: Dataset) -> list[int] | None:
+    """Each text's length in characters (the engine batches similar lengths together); ``None`` for
+    files, whose batches are all one shape."""
+    return [len(x) for x in ds.examples] if ds.modality == "text" else None
 
 
 class PairCollate:

@@ -56,6 +56,8 @@ class EvaluationResult:
     abstain: dict[str, Any] = field(default_factory=dict)
     # the most-confused class pairs with example inputs, and the hardest test examples
     errors: dict[str, Any] = field(default_factory=dict)
+    # --costs: mean cost per prediction of the top-label rule, the cost rule and the best single answer
+    costs: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +76,7 @@ class EvaluationResult:
             "calibration": self.calibration,
             "abstain": self.abstain,
             "errors": self.errors,
+            **({"costs": self.costs} if self.costs else {}),
         }
 
     def headline(self) -> str:

@@ -172,6 +172,56 @@ def _abstain_html(abstain: dict[str, Any]) -> str:
     )
 
 
+COST_RULES = {
+    "cost_rule": "lowest expected cost (what predict answers)",
+    "top_label": "most probable class",
+    "best_constant": "one answer for every input",
+}
+
+
+def cost_sentence(costs: dict[str, Any]) -> str:
+    """The cost rule's mean cost per prediction against the top label's, and the paired saving."""
+    rules, saving = costs["rules"], costs["saving"]
+    lo, hi = saving["interval_95"]
+    told = not (lo <= 0 <= hi) if math.isfinite(lo) else False
+    return (
+        f"cost per prediction: {_fmt(rules['cost_rule']['mean_cost'])} deciding by expected cost, "
+        f"{_fmt(rules['top_label']['mean_cost'])} answering the most probable class (saving "
+        f"{_fmt(saving['mean'])} [{_fmt(lo)}, {_fmt(hi)}]"
+        + ("" if told else "; this test set cannot tell the two rules apart")
+        + f"); {_fmt(rules['best_constant']['mean_cost'])} answering "
+        + f"{rules['best_constant']['answer']!r} always"
+    )
+
+
+def _costs_html(costs: dict[str, Any]) -> str:
+    rules = [
+        [COST_RULES[name], rule["mean_cost"], "[{}, {}]".format(*map(_fmt, rule["interval_95"]))]
+        for name, rule in costs["rules"].items()
+    ]
+    labels = costs["answers"][: len(costs["matrix"])]  # the answers: every class, then abstain
+    matrix = [[label, *row] for label, row in zip(labels, costs["matrix"], strict=True)]
+    text = (
+        f"<h2>What the errors cost</h2><p>Costs from <code>{_e(costs['source'])}</code>; mean cost per "
+        f"prediction on the {costs['rows']} test rows. {_e(cost_sentence(costs))}."
+        + (
+            f" The cost rule passed {costs['abstained']} inputs to a person (answer <code>abstain</code>)."
+            if "abstain" in costs["answers"]
+            else ""
+        )
+        + "</p>"
+        + _table(["decision rule", "mean cost per prediction", "95% interval"], rules)
+        + "<h3>Cost matrix (rows: true class; columns: answer)</h3>"
+        + _table(["true \\ answer", *costs["answers"]], matrix)
+    )
+    if costs["costliest"]:
+        cells = [[c["true"], c["answer"], c["count"], c["cost_each"], c["total"]] for c in costs["costliest"]]
+        text += "<h3>Where the cost rule's cost comes from</h3>" + _table(
+            ["true class", "answer", "test rows", "cost each", "total"], cells
+        )
+    return text
+
+
 def _skipped_html(skipped: list[str]) -> str:
     if not skipped:
         return ""
@@ -286,6 +336,8 @@ def _test_html(test: EvaluationResult) -> str:
         parts.append(_calibration_html(test.calibration))
     if test.abstain:
         parts.append(_abstain_html(test.abstain))
+    if test.costs:
+        parts.append(_costs_html(test.costs))
     if test.per_class:
         rows = [[c, v["precision"], v["recall"], v["f1"], v["support"]] for c, v in test.per_class.items()]
         parts.append("<h2>Per class</h2>" + _table(["class", "precision", "recall", "f1", "support"], rows))
