@@ -76,8 +76,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1000, help="training texts drawn per run")
     parser.add_argument("--val-rows", type=int, default=300, help="validation texts drawn per run")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--megabatch", type=int, help="batches per sorted group (default: graft's)")
     parser.add_argument("--json", type=Path, help="write every run here")
     args = parser.parse_args()
+    if args.megabatch:
+        from graft.engine import LengthGroupedShuffle
+
+        LengthGroupedShuffle.MEGABATCH = args.megabatch
     runs = []
     for name in args.datasets:
         pool, test = load(name)

@@ -57,6 +57,15 @@ def test_multilabel_end_to_end(tiny_source):
     assert model.report_.test.metrics["micro_f1"] >= 0.7
     preds = model.predict(["great awful movie"])
     assert isinstance(preds[0], list)
+    # each label's threshold, chosen on the out-of-fold outputs, ships and decides
+    chosen = model.report_.test.thresholds
+    assert [row["label"] for row in chosen["labels"]] == list(model.label_space)
+    assert chosen["thresholds"] == model.manifest_["thresholds"] and "out-of-fold" in chosen["fitted_on"]
+    assert all(row["f1"] >= row["f1_at_0.5"] - 1e-9 for row in chosen["labels"])  # on those outputs
+    proba = model.predict_proba(df.text.tolist())
+    cut = np.asarray(chosen["thresholds"])
+    expected = [[model.label_space[j] for j in np.flatnonzero(row >= cut)] for row in proba]
+    assert model.predict(df.text.tolist()) == expected
 
 
 def test_regression_end_to_end(tiny_source):
@@ -211,6 +220,19 @@ def test_small_data_without_a_test_file_is_scored_by_a_cross_validated_estimate(
     assert "cross-validated estimate over all 40 examples" in report.data["split"]
     assert report.test.metrics["accuracy"] > report.test.baselines["prior"]["accuracy"]
     assert "5-fold cross-validated" in report.to_html()
+
+
+def test_repeated_cross_validated_estimate_reports_the_mean_and_spread(tiny_source):
+    rows = make_sentiment(20)
+    texts, labels = [t for t, _ in rows], [y for _, y in rows]
+    cfg = RunConfig().replace("data", repeats=2).replace("evaluation", baselines="none")
+    model = graft.fit(texts, labels=labels, backbone=tiny_source, strategy="linear_probe", progress=False,
+                      config=cfg)  # fmt: skip
+    test = model.report_.test
+    assert test.repeats["n"] == 2 and len(test.repeats["values"]["accuracy"]) == 2
+    assert test.metrics["accuracy"] == pytest.approx(np.mean(test.repeats["values"]["accuracy"]))
+    assert any("means over 2 repeats" in note for note in test.notes)
+    assert "repeated 2 times with other folds" in model.report_.data["split"]
 
 
 def test_target_precision_is_refused_where_it_cannot_apply(tiny_source):

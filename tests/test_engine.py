@@ -232,7 +232,9 @@ def test_length_grouped_batches_are_a_seeded_permutation_that_pads_little():
     assert LengthGroupedShuffle(lengths, 32, seed=3).__iter__().__next__() == order[0]
 
 
-def test_text_fine_tuning_gets_length_grouped_batches(tiny_source, sentiment_csv, val_csv, monkeypatch):
+def test_text_fine_tuning_groups_batches_by_length_on_request(
+    tiny_source, sentiment_csv, val_csv, monkeypatch
+):
     seen = []
     original = Engine.fit
 
@@ -241,10 +243,12 @@ def test_text_fine_tuning_gets_length_grouped_batches(tiny_source, sentiment_csv
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Engine, "fit", spy)
-    cfg = RunConfig(train=TrainConfig(epochs=1), evaluation=EvalConfig(baselines="none"))
+    cfg = RunConfig(
+        train=TrainConfig(epochs=1, batching="by_length"), evaluation=EvalConfig(baselines="none")
+    )
     fit(sentiment_csv, backbone=tiny_source, strategy="full", val=str(val_csv), config=cfg, progress=False)
     assert seen and all(lengths is not None and len(lengths) >= 60 for lengths in seen)
     seen.clear()
-    cfg = cfg.replace("train", batching="random")
+    cfg = cfg.replace("train", batching="random")  # the default
     fit(sentiment_csv, backbone=tiny_source, strategy="full", val=str(val_csv), config=cfg, progress=False)
     assert seen and all(lengths is None for lengths in seen)

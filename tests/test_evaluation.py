@@ -150,3 +150,31 @@ def test_settings_are_chosen_on_macro_f1_when_classes_are_skewed():
     assert selection_score("multiclass", y, p, "macro_f1") == pytest.approx(
         skm.f1_score(y, p, average="macro")
     )
+
+
+def test_best_f1_threshold_matches_a_brute_force_search_with_scikit_learn():
+    from sklearn.metrics import f1_score
+
+    from graft.evaluation.thresholds import best_f1_threshold
+
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        truth = (rng.random(60) < 0.2).astype(int)
+        truth[trial % 60] = 1
+        scores = np.round(np.clip(0.3 * truth + rng.random(60) * 0.7, 0, 1), 2)  # ties included
+        threshold, f1 = best_f1_threshold(scores, truth)
+        best = max(f1_score(truth, scores >= t) for t in np.unique(scores))
+        assert f1 == pytest.approx(best) and f1_score(truth, scores >= threshold) == pytest.approx(best)
+
+
+def test_rare_labels_keep_the_default_threshold():
+    from graft.evaluation.thresholds import MIN_POSITIVES, choose_thresholds
+
+    rng = np.random.default_rng(1)
+    targets = np.zeros((200, 2))
+    targets[:80, 0] = 1
+    targets[: MIN_POSITIVES - 1, 1] = 1
+    proba = np.clip(0.35 * targets + rng.random((200, 2)) * 0.6, 0, 1)
+    chosen = choose_thresholds(proba, targets, ["common", "rare"])
+    assert chosen["thresholds"][1] == 0.5 and "too few" in chosen["labels"][1]["kept"]
+    assert chosen["thresholds"][0] != 0.5 and chosen["labels"][0]["f1"] >= chosen["labels"][0]["f1_at_0.5"]

@@ -371,3 +371,37 @@ def test_balanced_weights_raise_the_rare_class_recall():
             predicted = head(x).argmax(1)
         recalls.append(float((predicted[y == 2] == 2).float().mean()))
     assert recalls[1] > recalls[0]
+
+
+def _rare_labels(n: int = 300, seed: int = 0) -> np.ndarray:
+    """Labels with 50%, 20%, 5% and exactly 3 positives."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, 4)) < [0.5, 0.2, 0.05, 0.0]).astype(np.float32)
+    y[rng.choice(n, 3, replace=False), 3] = 1
+    return y
+
+
+def test_multilabel_folds_are_iteratively_stratified():
+    from sklearn.model_selection import KFold
+
+    y = _rare_labels()
+    folds = stratified_folds("multilabel", y, k=3, seed=0)
+    assert sorted(np.concatenate([v for _, v in folds]).tolist()) == list(range(len(y)))
+    assert [int(y[v, 3].sum()) for _, v in folds] == [1, 1, 1]  # the 3-positive label: one per fold
+
+    def spread(splits) -> float:  # the largest gap between a fold's label rate and the overall rate
+        return max(abs(y[v].mean(0) - y.mean(0)).max() for _, v in splits)
+
+    plain = [spread(list(KFold(3, shuffle=True, random_state=s).split(y))) for s in range(10)]
+    ours = [spread(stratified_folds("multilabel", y, k=3, seed=s)) for s in range(10)]
+    assert max(ours) < min(plain)
+    assert all(abs(len(v) - len(y) / 3) <= 2 for _, v in folds)  # fold sizes stay even
+
+
+def test_multilabel_folds_keep_groups_whole():
+    y = _rare_labels(120)
+    groups = np.arange(120) // 3  # 40 groups of 3 rows
+    folds = stratified_folds("multilabel", y, k=4, seed=0, groups=groups)
+    for train, val in folds:
+        assert not set(groups[train]) & set(groups[val])
+    assert sorted(np.concatenate([v for _, v in folds]).tolist()) == list(range(120))

@@ -102,3 +102,21 @@ def test_small_data_without_a_test_file_gets_a_cross_validated_estimate():
     assert make_protocol(big, seed=0, estimate="auto").outer is None  # large enough for a hold-out
     assert make_protocol(big, seed=0, estimate="cv").outer is not None
     assert make_protocol(ds, test=_data(4, offset=500), estimate="cv").outer is None  # a test file wins
+
+
+def test_multilabel_holdout_is_iteratively_stratified_and_keeps_copies_together():
+    from graft.data.splits import holdout
+
+    rng = np.random.default_rng(0)
+    labels = [[name for name, p in (("a", 0.5), ("b", 0.2)) if rng.random() < p] or ["c"] for _ in range(200)]
+    for i in (3, 50, 120, 160):
+        labels[i] = [*labels[i], "rare"]
+    texts = [f"text number {i}" for i in range(200)]
+    texts[1] = "Text number 0!"  # a copy of row 0 after normalisation
+    ds = build_dataset(texts, labels, task="multilabel")
+    keep, out, how = holdout(ds, 0.25, seed=0, name="test")
+    assert how == "iteratively stratified, duplicate-grouped"
+    rare = ds.label_space.index("rare")
+    assert ds.targets[out, rare].sum() == 1 and ds.targets[keep, rare].sum() == 3  # 4 positives: 1 : 3
+    assert ({0, 1} <= set(out.tolist())) or ({0, 1} <= set(keep.tolist()))
+    assert abs(len(out) - 50) <= 2

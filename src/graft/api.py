@@ -162,7 +162,8 @@ class Model:
         progress: bool = False,
         abstain: bool = True,
     ) -> list[Any]:
-        """Labels (multiclass), lists of labels (multilabel, threshold 0.5) or values (regression).
+        """Labels (multiclass), lists of labels (multilabel: at or above each label's threshold, chosen
+        out of fold; above 0.5 without one) or values (regression).
 
         A bundle fitted with ``--target-precision`` answers ``"abstain"`` where the top calibrated
         probability is below its threshold (``abstain=False``: always the top label). A bundle fitted
@@ -179,7 +180,7 @@ class Model:
             k = len(self.label_space)
             chosen = decide(activated, self.costs_, abstain=abstain)
             return [self.label_space[j] if j < k else self.costs_.answers[j] for j in chosen.tolist()]
-        answers = decode_outputs(self.task, self.label_space, activated)
+        answers = decode_outputs(self.task, self.label_space, activated, self.manifest_.get("thresholds"))
         rule = self.manifest_.get("abstain") if abstain and self.task == "multiclass" else None
         if rule:
             from graft.evaluation.abstain import ABSTAIN
@@ -235,8 +236,9 @@ class Model:
             self._outputs(ds.examples, cache=True, progress=progress), self.manifest_.get("calibration")
         )
         result = score_outputs(
-            self.network_.head, self.task, self.label_space, outputs, ds.targets, self.manifest_["majority"]
-        )
+            self.network_.head, self.task, self.label_space, outputs, ds.targets, self.manifest_["majority"],
+            thresholds=self.manifest_.get("thresholds"),
+        )  # fmt: skip
         result.skipped = list(ds.report.skipped)
         if self.task == "multiclass":
             from graft.evaluation.abstain import coverage_curve, measure
@@ -249,7 +251,8 @@ class Model:
                 chosen = self.manifest_["abstain"]
                 result.abstain |= {"chosen": chosen, "test": measure(proba, ds.targets, chosen["threshold"])}
             if matrix is not None:
-                prior = np.asarray(self.manifest_["majority"]["frequencies"])
+                k = len(self.label_space)  # bundles from before class frequencies were kept: uniform
+                prior = np.asarray(self.manifest_["majority"].get("frequencies") or [1 / k] * k)
                 result.costs = cost_report(matrix, proba, ds.targets, prior)
         return result
 
@@ -411,7 +414,7 @@ def fit(
         protocol = make_protocol(
             run_data.source, val=run_data.val, test=run_data.test, folds=cfg.data.folds, seed=cfg.train.seed,
             val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
-            estimate=cfg.data.estimate,
+            estimate=cfg.data.estimate, repeats=cfg.data.repeats,
         )  # 3. protocol  # fmt: skip
         _say(progress, f"protocol: {protocol.description}")
         for line in leakage_sentences(protocol.leakage):
@@ -598,6 +601,7 @@ def _finish(run_data, bench, protocol, choice, trained, result, run, progress, b
         pretrained_sha256=bench.weights_sha256, fingerprint=run_data.fingerprint,
         calibration={k: v for k, v in result.calibration.items() if k in ("temperature", "fitted_on")},
         abstain=result.abstain.get("chosen"), costs=run_data.costs.to_dict() if run_data.costs else None,
+        thresholds=result.thresholds.get("thresholds"),
     )  # fmt: skip
     model = Model(trained.network, manifest, report)
     barrier()  # under accelerate launch: every process is done training before the folder is finished

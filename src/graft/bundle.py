@@ -101,6 +101,7 @@ def make_manifest(
     calibration: dict[str, Any] | None = None,
     abstain: dict[str, Any] | None = None,
     costs: dict[str, Any] | None = None,
+    thresholds: list[float] | None = None,
 ) -> dict[str, Any]:
     """The manifest of a trained network (a TaskModel) fitted on ``source`` (a Dataset) with ``cfg``
     (a RunConfig) and evaluated as ``result``; :func:`save_bundle` adds versions, hashes and integrity."""
@@ -131,6 +132,7 @@ def make_manifest(
         **({"calibration": calibration} if calibration else {}),
         **({"abstain": abstain} if abstain else {}),
         **({"costs": costs} if costs else {}),
+        **({"thresholds": thresholds} if thresholds else {}),
         "provenance": {
             "backbone_source": cfg.backbone.source,
             "backbone_weights_sha256": pretrained_sha256,

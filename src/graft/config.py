@@ -133,6 +133,13 @@ class DataConfig:
             "(choice included); auto = cv up to 500 labeled examples, holdout above"
         ),
     )
+    repeats: int = field(
+        default=1,
+        metadata=_help(
+            "cross-validated estimate only: run it this many times with different outer folds (each run "
+            "trains the recipe k times more); the report gives the mean over repeats and their spread"
+        ),
+    )
     refit: Refit = field(
         default="train",
         metadata=_help(
@@ -152,6 +159,8 @@ class DataConfig:
             )
         if self.folds < 1:
             raise ConfigError(f"folds must be >= 1 (1: one validation hold-out), got {self.folds}")
+        if self.repeats < 1:
+            raise ConfigError(f"repeats must be >= 1, got {self.repeats}")
         if self.label_sep == "":
             raise ConfigError("label_sep must not be empty; leave it unset for single-label data")
         if self.label_sep is not None and self.task not in ("auto", "multilabel"):
@@ -319,11 +328,12 @@ class TrainConfig:
         ),
     )
     batching: Batching = field(
-        default="by_length",
+        default="random",
         metadata=_help(
-            "text training batches: by_length groups texts of similar length (random groups of 50 batches "
-            "sorted, batch order shuffled; pads 1.0-1.2x the real tokens where random batches pad 2-3x), "
-            "random: uniformly shuffled batches. Files: always random"
+            "text training batches: random (uniformly shuffled); by_length groups texts of similar length "
+            "(random groups of 50 batches sorted; pads 1.0-1.2x the real tokens where random batches pad "
+            "2-3x): 1.9x faster fine-tuning on SMS spam, but 1.5 points less accuracy on TREC, whose "
+            "classes differ in length (benchmarks/batching.py). Files: always random"
         ),
     )
 

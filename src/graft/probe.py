@@ -306,8 +306,10 @@ def stratified_folds(
     ``k`` is at most the number of groups (of the rarest class, for multiclass).
 
     Multiclass folds keep the class proportions; regression folds keep the proportions of the
-    target's quantile bins; multilabel folds are plain shuffled k-fold. ``k`` is lowered to the
-    smallest class count (never below 2) so that every class appears in every fold's training part.
+    target's quantile bins; multilabel folds are iteratively stratified (every label's positives
+    divided evenly, the rarest label first: :func:`graft.data.splits.iterative_assign`). ``k`` is
+    lowered to the smallest class count (never below 2) so that every class appears in every fold's
+    training part.
 
     Args:
         task: "multiclass", "multilabel" or "regression".
@@ -357,8 +359,7 @@ def stratified_folds(
         ranks = np.argsort(np.argsort(y_np.ravel(), kind="stable"), kind="stable")
         strata = ranks * bins // n
     else:
-        k = min(k, n)
-        strata = None
+        return _multilabel_folds(y_np, k, seed, groups)
     if groups is not None:
         return _group_folds(groups, strata, k, seed)
     if strata is None:
@@ -366,6 +367,21 @@ def stratified_folds(
         return [(tr, va) for tr, va in splitter.split(np.zeros(n))]
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     return [(tr, va) for tr, va in splitter.split(np.zeros(n), strata)]
+
+
+def _multilabel_folds(
+    y: np.ndarray, k: int, seed: int, groups: np.ndarray | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Iteratively stratified folds (:func:`graft.data.splits.iterative_assign`), groups kept whole."""
+    from graft.data.splits import iterative_assign, unit_label_counts
+
+    ids = None if groups is None else np.unique(groups, return_inverse=True)[1]
+    counts, sizes = unit_label_counts(ids, y)
+    k = max(2, min(k, len(sizes)))
+    part = iterative_assign(counts, sizes, [1 / k] * k, seed)
+    row_part = part if ids is None else part[ids]
+    index = np.arange(len(y))
+    return [(index[row_part != f], index[row_part == f]) for f in range(k) if (row_part == f).any()]
 
 
 def _group_folds(

@@ -23,7 +23,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,7 @@ CV_MAX_EXAMPLES = 2000
 # the cost of running the recipe once per outer fold.
 CV_ESTIMATE_MAX_EXAMPLES = 500
 OUTER_FOLDS = 5
+REPEAT_SEED_STEP = 7919  # repeat r of a cross-validated estimate draws its folds with seed + 2 + r x this
 
 
 @dataclass
@@ -70,6 +71,8 @@ class Protocol:
     # the cross-validated estimate: (training rows, scored rows) of the pool per outer fold; the
     # test split is then empty and every pool row is scored by a model that never saw it
     outer: list[tuple[np.ndarray, np.ndarray]] | None = None
+    # --repeats: the outer folds of each further repeat of the cross-validated estimate
+    outer_repeats: list[list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=list)
 
     @property
     def choose_on(self) -> Dataset:
@@ -129,13 +132,21 @@ def make_protocol(
     test_fraction: float = 0.2,
     seed: int = 0,
     estimate: str = "holdout",
+    repeats: int = 1,
 ) -> Protocol:
     """The protocol for ``source`` with optional separate validation and test data; ``estimate``
-    (``holdout``, ``cv`` or ``auto``) says how the test numbers are made without a test file."""
+    (``holdout``, ``cv`` or ``auto``) says how the test numbers are made without a test file, and
+    ``repeats`` how many times a cross-validated estimate runs, each time with other outer folds."""
     user_val, test_is_split = val is not None, test is None and not _cross_validated(estimate, len(source))
     groups = leakage_groups(source)
     pool, test, outer, leakage, said, groups = _test_part(source, test, groups, estimate, test_fraction, seed)
     parts = [said]
+    outer_repeats = []
+    if outer and repeats > 1:
+        outer_repeats = [
+            _folds(pool, OUTER_FOLDS, seed + 2 + REPEAT_SEED_STEP * r, groups)[0] for r in range(1, repeats)
+        ]
+        parts[0] += f"; repeated {repeats} times with other folds"
     if val is not None:
         leakage["validation"] = overlap(pool, val)
     _warn_leakage(leakage, source)
@@ -164,6 +175,7 @@ def make_protocol(
         user_val=user_val,
         leakage=leakage,
         outer=outer,
+        outer_repeats=outer_repeats,
     )
 
 

@@ -246,9 +246,8 @@ class Workbench:
 
     def train_seconds_per_example(self, data: Dataset) -> float:
         """Seconds one example costs in a training epoch on this machine (a timed forward + backward of
-        the whole network on a few examples, plus a third for validation and data loading). Texts are
-        timed at their mean length: training batches group similar lengths (``--batching by_length``), so
-        they pad little."""
+        the whole network on a few examples, plus a third for validation and data loading). With
+        ``--batching by_length`` texts are timed at their mean length: such batches pad little."""
         if self._step_seconds is None:
             n = min(16, len(data))
             lengths = text_lengths(data) if self.cfg.train.batching == "by_length" else None
@@ -278,15 +277,17 @@ class Workbench:
 
         return predicted_targets(self.task, self.activated(trained, data, desc))
 
-    def evaluate(self, activated: np.ndarray, data: Dataset, train_targets: np.ndarray) -> EvaluationResult:
+    def evaluate(
+        self, activated: np.ndarray, data: Dataset, train_targets: np.ndarray, thresholds: Any = None
+    ) -> EvaluationResult:
         """Metrics, intervals and the no-skill baselines (fitted on ``train_targets``) of a model's
-        activated outputs on held-out data."""
+        activated outputs on held-out data (multilabel: answered at ``thresholds``)."""
         from graft.evaluation import evaluate_predictions, fit_majority
         from graft.evaluation.outputs import predicted_targets
 
         majority = fit_majority(self.task, train_targets, len(self.label_space))
         return evaluate_predictions(
-            self.task, data.targets, predicted_targets(self.task, activated), self.label_space,
+            self.task, data.targets, predicted_targets(self.task, activated, thresholds), self.label_space,
             majority=majority, seed=self.cfg.train.seed,
             proba=None if self.task == "regression" else activated,
         )  # fmt: skip

@@ -93,13 +93,80 @@ def _stratify_labels(ds: Dataset) -> np.ndarray | None:
     return None
 
 
+def iterative_assign(
+    counts: np.ndarray, sizes: np.ndarray, proportions: list[float], seed: int
+) -> np.ndarray:
+    """Iterative stratification for multilabel data (Sechidis, Tsoumakas & Vlahavas 2011): a part
+    (0 .. len(proportions) - 1) for each of ``m`` units, so that every label's positives are divided in
+    ``proportions`` as nearly as whole units allow, the rarest label first.
+
+    ``counts`` ``[m, labels]``: positives of each label in each unit (a unit is a row, or a group of
+    rows that must stay together); ``sizes`` ``[m]``: rows per unit. The rarest remaining label's units
+    go, in random order, each to the part that most lacks that label (ties: the part that most lacks
+    rows, then at random); units with no positive label fill the parts that most lack rows. A plain
+    shuffled split leaves a label with 3 positives out of some folds' validation parts a third of the
+    time; this puts one in each of 3.
+
+    Example:
+        >>> y = np.array([[1, 0], [1, 0], [1, 1], [0, 1], [0, 0], [0, 0]])
+        >>> parts = iterative_assign(y, np.ones(6), [0.5, 0.5], seed=0)
+        >>> sorted(int(y[parts == p, 0].sum()) for p in (0, 1)), np.bincount(parts).tolist()
+        ([1, 2], [3, 3])
+    """
+    rng = np.random.default_rng(seed)
+    counts, sizes = np.asarray(counts, dtype=np.float64), np.asarray(sizes, dtype=np.float64)
+    share = np.asarray(proportions, dtype=np.float64)[:, None]
+    wanted = share * counts.sum(0)[None, :]  # [parts, labels] positives each part still lacks
+    wanted_rows = share[:, 0] * sizes.sum()
+    part = np.full(len(counts), -1)
+    remaining = counts.sum(0)
+    while True:
+        open_labels = np.flatnonzero(remaining > 0)
+        if not len(open_labels):
+            break
+        fewest = open_labels[remaining[open_labels] == remaining[open_labels].min()]
+        label = int(rng.choice(fewest))
+        units = np.flatnonzero((part < 0) & (counts[:, label] > 0))
+        for u in rng.permutation(units):
+            p = _most_lacking(rng, wanted[:, label], wanted_rows)
+            part[u] = p
+            wanted[p] -= counts[u]
+            wanted_rows[p] -= sizes[u]
+            remaining -= counts[u]
+    for u in rng.permutation(np.flatnonzero(part < 0)):
+        p = _most_lacking(rng, wanted_rows, wanted_rows)
+        part[u] = p
+        wanted_rows[p] -= sizes[u]
+    return part
+
+
+def _most_lacking(rng: np.random.Generator, need: np.ndarray, need_rows: np.ndarray) -> int:
+    top = np.flatnonzero(need == need.max())
+    if len(top) > 1:
+        top = top[need_rows[top] == need_rows[top].max()]
+    return int(rng.choice(top))
+
+
+def unit_label_counts(groups: np.ndarray | None, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positives per label, rows) of each unit: each row, or each group id 0 .. g - 1 of ``groups``."""
+    targets = np.asarray(targets, dtype=np.float64)
+    if groups is None:
+        return targets, np.ones(len(targets))
+    counts = np.zeros((int(groups.max()) + 1, targets.shape[1]))
+    np.add.at(counts, groups, targets)
+    return counts, np.bincount(groups).astype(np.float64)
+
+
 def holdout(
     ds: Dataset, fraction: float, seed: int, name: str, groups: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """Indices (kept, held out) for a held-out ``fraction``, stratified when each class can be, and
-    with every group of ``groups`` (default: :func:`leakage_groups`) wholly on one side."""
+    """Indices (kept, held out) for a held-out ``fraction``, stratified when each class can be
+    (multilabel: :func:`iterative_assign`), and with every group of ``groups`` (default:
+    :func:`leakage_groups`) wholly on one side."""
     n = len(ds)
     groups = leakage_groups(ds) if groups is None else np.unique(groups, return_inverse=True)[1]
+    if ds.task == "multilabel":
+        return _multilabel_holdout(ds, fraction, seed, name, groups)
     labels = _stratify_labels(ds)
     if groups is None:
         units, unit_labels = np.arange(n), labels
@@ -115,6 +182,20 @@ def holdout(
         return kept_units, out_units, how
     out = np.flatnonzero(np.isin(groups, out_units))
     return np.flatnonzero(~np.isin(groups, out_units)), out, f"{how}, duplicate-grouped"
+
+
+def _multilabel_holdout(
+    ds: Dataset, fraction: float, seed: int, name: str, groups: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, str]:
+    counts, sizes = unit_label_counts(groups, ds.targets)
+    if len(sizes) - max(1, round(fraction * len(sizes))) < 2:
+        raise DataError(f"{ds.source}: {len(ds)} examples are too few to hold out a {name} split; add data")
+    part = iterative_assign(counts, sizes, [1 - fraction, fraction], seed)
+    if not (part == 1).any() or (part == 0).sum() < 2:
+        raise DataError(f"{ds.source}: {len(ds)} examples are too few to hold out a {name} split; add data")
+    out = part == 1 if groups is None else (part == 1)[groups]
+    how = "iteratively stratified" + (", duplicate-grouped" if groups is not None else "")
+    return np.flatnonzero(~out), np.flatnonzero(out), how
 
 
 def _group_labels(groups: np.ndarray, labels: np.ndarray) -> np.ndarray:

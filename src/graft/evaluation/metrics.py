@@ -58,6 +58,10 @@ class EvaluationResult:
     errors: dict[str, Any] = field(default_factory=dict)
     # --costs: mean cost per prediction of the top-label rule, the cost rule and the best single answer
     costs: dict[str, Any] = field(default_factory=dict)
+    # multilabel: each label's decision threshold, chosen on out-of-fold outputs
+    thresholds: dict[str, Any] = field(default_factory=dict)
+    # --repeats: each metric's mean, sd and values over repeats of a cross-validated estimate
+    repeats: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +81,8 @@ class EvaluationResult:
             "abstain": self.abstain,
             "errors": self.errors,
             **({"costs": self.costs} if self.costs else {}),
+            **({"thresholds": self.thresholds} if self.thresholds else {}),
+            **({"repeats": self.repeats} if self.repeats else {}),
         }
 
     def headline(self) -> str:

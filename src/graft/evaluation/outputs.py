@@ -18,18 +18,24 @@ def head_outputs(head: torch.nn.Module, features: torch.Tensor) -> torch.Tensor:
         return head(features.float())
 
 
-def predicted_targets(task: str, activated: np.ndarray) -> np.ndarray:
-    """Activated outputs -> class ids (multiclass), a 0/1 matrix (multilabel, at 0.5) or values."""
+def predicted_targets(task: str, activated: np.ndarray, thresholds: Any = None) -> np.ndarray:
+    """Activated outputs -> class ids (multiclass), a 0/1 matrix (multilabel: above 0.5, or at or
+    above each label's ``thresholds``, see :mod:`graft.evaluation.thresholds`) or values."""
     if task == "multiclass":
         return activated.argmax(1)
     if task == "multilabel":
-        return (activated > 0.5).astype(np.float32)
+        if thresholds is None:
+            return (activated > 0.5).astype(np.float32)
+        cut = np.asarray(thresholds, dtype=np.float64)
+        return (activated >= (cut if cut.ndim == 2 else cut[None, :])).astype(np.float32)
     return activated
 
 
-def decode_outputs(task: str, label_space: tuple[Any, ...], values: np.ndarray) -> list[Any]:
+def decode_outputs(
+    task: str, label_space: tuple[Any, ...], values: np.ndarray, thresholds: Any = None
+) -> list[Any]:
     """Activated outputs -> labels, lists of labels, or values."""
-    predicted = predicted_targets(task, values)
+    predicted = predicted_targets(task, values, thresholds)
     if task == "multiclass":
         return [label_space[i] for i in predicted]
     if task == "multilabel":
@@ -45,11 +51,13 @@ def score_outputs(
     targets: np.ndarray,
     majority: dict[str, Any],
     split: str = "test",
+    thresholds: Any = None,
 ) -> EvaluationResult:
     """Metrics, intervals and baselines of raw ``outputs`` against ``targets``."""
     activated = head.activate(outputs).numpy()
     return evaluate_predictions(
-        task, targets, predicted_targets(task, activated), label_space, majority=majority, split=split,
+        task, targets, predicted_targets(task, activated, thresholds), label_space, majority=majority,
+        split=split,
         proba=None if task == "regression" else activated,
     )  # fmt: skip
 

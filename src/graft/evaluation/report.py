@@ -9,6 +9,7 @@ from typing import Any
 
 from graft.evaluation import plots
 from graft.evaluation.metrics import HEADLINE, EvaluationResult
+from graft.evaluation.thresholds import MIN_POSITIVES
 
 
 @dataclass
@@ -222,6 +223,20 @@ def _costs_html(costs: dict[str, Any]) -> str:
     return text
 
 
+def _thresholds_html(thresholds: dict[str, Any]) -> str:
+    rows = [
+        [row["label"], row["threshold"], row["positives"], row["f1_at_0.5"], row["f1"], row.get("kept", "")]
+        for row in thresholds["labels"]
+    ]
+    header = ["label", "threshold", "positives (out of fold)", "F1 at 0.5", "F1 at threshold", "note"]
+    return (
+        "<h2>Label thresholds</h2><p>Each label is answered at or above its own threshold, chosen to "
+        f"maximise its F1 on {_e(thresholds['fitted_on'])} (never the test rows); a label with fewer than "
+        f"{MIN_POSITIVES} positives there keeps 0.5. <code>predict</code> applies them.</p>"
+        + _table(header, rows, left=(0, 5))
+    )
+
+
 def _skipped_html(skipped: list[str]) -> str:
     if not skipped:
         return ""
@@ -338,6 +353,8 @@ def _test_html(test: EvaluationResult) -> str:
         parts.append(_abstain_html(test.abstain))
     if test.costs:
         parts.append(_costs_html(test.costs))
+    if test.thresholds:
+        parts.append(_thresholds_html(test.thresholds))
     if test.per_class:
         rows = [[c, v["precision"], v["recall"], v["f1"], v["support"]] for c, v in test.per_class.items()]
         parts.append("<h2>Per class</h2>" + _table(["class", "precision", "recall", "f1", "support"], rows))
