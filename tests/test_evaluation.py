@@ -178,3 +178,18 @@ def test_rare_labels_keep_the_default_threshold():
     chosen = choose_thresholds(proba, targets, ["common", "rare"])
     assert chosen["thresholds"][1] == 0.5 and "too few" in chosen["labels"][1]["kept"]
     assert chosen["thresholds"][0] != 0.5 and chosen["labels"][0]["f1"] >= chosen["labels"][0]["f1_at_0.5"]
+
+
+def test_a_scratch_baseline_that_answers_one_class_is_called_no_skill():
+    from types import SimpleNamespace
+
+    from graft.baselines import score_baselines
+    from graft.config import RunConfig
+
+    bench = SimpleNamespace(cfg=RunConfig(), task="multiclass", label_space=("a", "b"))
+    targets = np.array([0, 1] * 10)
+    result = evaluate_predictions("multiclass", targets, targets.copy(), ("a", "b"))
+    constant = np.zeros(20, dtype=int)
+    score_baselines(bench, targets, targets.copy(), {"scratch": constant, "linear_probe": constant}, result)
+    assert sum("did not learn within its budget" in note for note in result.notes) == 1
+    assert result.comparisons["scratch"]["accuracy"]["difference"] == pytest.approx(0.5)

@@ -26,6 +26,7 @@ from graft.errors import (
 __version__ = "0.1.0"
 
 _LAZY = {
+    "adapt": "graft.api",
     "fit": "graft.api",
     "load": "graft.api",
     "Model": "graft.api",

@@ -35,7 +35,7 @@ from graft.data import Dataset, detect_modality, layout_splits, read_dataset, re
 from graft.data.dataset import examples_fingerprint
 from graft.distributed import barrier, is_main_process
 from graft.engine import Callback
-from graft.errors import ConfigError, ContractError
+from graft.errors import ConfigError, ContractError, DataError
 from graft.estimate import cross_validated, held_out
 from graft.evaluation import EvaluationResult, RunReport, fit_majority
 from graft.evaluation.calibration import scale
@@ -213,25 +213,7 @@ class Model:
         if costs is not None and self.task != "multiclass":
             raise ConfigError(f"--costs applies to multiclass models; this one is {self.task}")
         matrix = read_costs(costs, list(self.label_space)) if costs is not None else self.costs_
-        media = self.modality != "text"
-        cfg = DataConfig(
-            text_col=None if media else text_col, path_col=text_col if media else None,
-            label_col=label_col, encoding=encoding, label_regex=self.contract.get("label_regex"),
-            skip_bad=skip_bad,
-        )  # fmt: skip
-        modality = detect_modality(data, cfg)
-        if modality != self.modality:
-            raise ContractError(
-                f"{data if isinstance(data, str | Path) else '<data>'} holds {modality} but this model "
-                f"takes {self.modality} (modality {self.modality!r}); evaluate it on {self.modality} data"
-            )
-        ds = read_dataset(
-            data, cfg, label_space=self.label_space if self.task != "regression" else None,
-            task=self.task, require_min_per_class=False,
-            prefer_columns=(
-                self.contract.get("text_col") or self.contract.get("path_col"), self.contract.get("label_col")
-            ),
-        )  # fmt: skip
+        ds = self.labeled(data, text_col=text_col, label_col=label_col, encoding=encoding, skip_bad=skip_bad)
         outputs = scale(
             self._outputs(ds.examples, cache=True, progress=progress), self.manifest_.get("calibration")
         )
@@ -255,6 +237,37 @@ class Model:
                 prior = np.asarray(self.manifest_["majority"].get("frequencies") or [1 / k] * k)
                 result.costs = cost_report(matrix, proba, ds.targets, prior)
         return result
+
+    def labeled(
+        self,
+        data: Any,
+        *,
+        text_col: str | None = None,
+        label_col: str | None = None,
+        encoding: str | None = None,
+        skip_bad: bool = False,
+    ) -> Dataset:
+        """Labeled data read under this model's contract: its modality (another is refused), its
+        columns by default, its label space (an unknown label is a bad row)."""
+        media = self.modality != "text"
+        cfg = DataConfig(
+            text_col=None if media else text_col, path_col=text_col if media else None,
+            label_col=label_col, encoding=encoding, label_regex=self.contract.get("label_regex"),
+            skip_bad=skip_bad,
+        )  # fmt: skip
+        modality = detect_modality(data, cfg)
+        if modality != self.modality:
+            raise ContractError(
+                f"{data if isinstance(data, str | Path) else '<data>'} holds {modality} but this model "
+                f"takes {self.modality} (modality {self.modality!r}); use {self.modality} data"
+            )
+        return read_dataset(
+            data, cfg, label_space=self.label_space if self.task != "regression" else None,
+            task=self.task, require_min_per_class=False,
+            prefer_columns=(
+                self.contract.get("text_col") or self.contract.get("path_col"), self.contract.get("label_col")
+            ),
+        )  # fmt: skip
 
     @property
     def costs_(self) -> Costs | None:
@@ -429,7 +442,7 @@ def fit(
         result, baselines = estimate(bench, protocol, choice, trained, t - t_start)
         bench.timings["evaluate"] = time.perf_counter() - t - bench.timings.get("baselines", 0.0)
         _say(progress, f"{result.split} ({result.n}): {result.headline()}")  # with baselines (7.)
-        for line in comparison_sentences(result):
+        for line in [*comparison_sentences(result), *(f"note: {note}" for note in result.notes)]:
             _say(progress, line)
         if result.costs:
             _say(progress, cost_sentence(result.costs))
@@ -649,4 +662,79 @@ def pretrain(
                overwrite=overwrite, progress=progress, callbacks=callbacks)  # fmt: skip
 
 
-__all__ = ["BackboneConfig", "Model", "RunConfig", "StrategyConfig", "fit", "load", "pretrain"]
+# --------------------------------------------------------------------------------------------------
+# adapt
+
+
+def adapt(
+    model: str | Path | Model,
+    target: Any,
+    *,
+    target_val: Any = None,
+    target_test: Any = None,
+    source: Any = None,
+    methods: list[str] | None = None,
+    out: str | Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> Model:
+    """Adapt a model to a target domain from unlabeled target inputs, choosing the method on evidence.
+
+    Args:
+        model: a bundle path or a :class:`Model`; never modified.
+        target: unlabeled target inputs, as for :meth:`Model.predict` (checked against the contract
+            first: another modality is refused before any work).
+        target_val: labeled target data (even 5-10 per class) to choose with; without it the choice is
+            made on an unsupervised criterion and reported as unverified.
+        target_test: labeled target data to report every method on (never used to choose).
+        source: the labeled source data (default: the bundle's own training file, when it is still there
+            unchanged); CORAL needs it, self-training uses it.
+        methods: adaptation methods to try (default: every registered one; see ``graft adapt --help``).
+        out: write the adapted bundle (a normal bundle, with an ``adaptation`` record) here.
+
+    Returns:
+        the chosen model (the source model itself when nothing beat it), with ``manifest_["adaptation"]``.
+    """
+    from graft.adaptation import Target, adapt_model
+
+    model = model if isinstance(model, Model) else load(model)
+    examples, where = model.inputs(target), str(target) if isinstance(target, str | Path) else "<inputs>"
+    if not examples:
+        raise DataError(f"{where}: no target inputs to adapt to")
+    val = model.labeled(target_val) if target_val is not None else None
+    test = model.labeled(target_test) if target_test is not None else None
+    context = Target(
+        examples, _source_data(model, source, progress), seed, progress, lambda m: _say(progress, m)
+    )
+    adapted, record = adapt_model(model, context, methods=methods, val=val, test=test)
+    record["target"] = where
+    record["target_fingerprint"] = examples_fingerprint(model.modality, examples)
+    _say(progress, f"adapt: chose {record['method']}: {record['evidence']['reason']}")
+    adapted.report_ = RunReport(
+        backbone=adapted.manifest_["backbone"].get("source", "?"), task=adapted.task,
+        label_space=list(adapted.label_space), strategy=adapted.manifest_.get("strategy", {}),
+        data={"source": record["target"], "split": "adaptation to unlabeled target inputs"},
+        adaptation=record,
+    )  # fmt: skip
+    if out is not None:
+        _say(progress, f"bundle: {adapted.save(out)}")
+    return adapted
+
+
+def _source_data(model: Model, source: Any, progress: bool) -> Dataset | None:
+    """The labeled source data: ``source``, else the bundle's training file when it is still there and
+    unchanged (its fingerprint matches the provenance), else ``None``."""
+    if source is not None:
+        return model.labeled(source)
+    provenance = model.manifest_.get("provenance", {})
+    path = provenance.get("data_source")
+    if not path or not Path(path).exists():
+        return None
+    data = model.labeled(path)
+    if data.fingerprint() != provenance.get("data_fingerprint"):
+        _say(progress, f"adapt: {path} changed since the model was fitted: not used as source data")
+        return None
+    return data
+
+
+__all__ = ["BackboneConfig", "Model", "RunConfig", "StrategyConfig", "adapt", "fit", "load", "pretrain"]

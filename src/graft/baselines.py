@@ -77,6 +77,12 @@ def score_baselines(
         result.comparisons[name] = paired_difference(
             bench.task, targets, predicted, baseline, len(bench.label_space), seed=seed
         )
+        if name == "scratch" and bench.task != "regression" and len(np.unique(baseline, axis=0)) == 1:
+            result.notes.append(
+                "the network trained from scratch answers the same for every test row: it did not learn "
+                "within its budget, so the transfer gain is a gain over a no-skill model here, not over a "
+                "trained one"
+            )
 
 
 def _train_and_predict(bench: Workbench, protocol: Protocol, strategy: str) -> np.ndarray:

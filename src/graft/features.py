@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,33 @@ def _batches_by_length(examples: list[Any], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def input_batches(
+    backbone: torch.nn.Module,
+    examples: list[Any],
+    *,
+    batch_size: int = 64,
+    device: torch.device | None = None,
+    workers: int | None = None,
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    """``(indices, batch on device)`` over ``examples``, preprocessed as the backbone's contract says
+    (no augmentation): texts tokenised in batches of similar length, files decoded in order by
+    ``workers`` processes. Gradients and the module's mode are the caller's."""
+    device = device or default_device()
+    if getattr(backbone, "streams_files", False):
+        loader = file_loader(examples, backbone.preprocessor(), batch_size=batch_size, workers=workers,
+                             device=device)  # fmt: skip
+        start = 0
+        for batch in loader:
+            n = len(next(iter(batch.values())))
+            moved = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            yield list(range(start, start + n)), moved
+            start += n
+        return
+    for index in _batches_by_length(examples, batch_size):
+        batch = backbone.preprocess([examples[i] for i in index])
+        yield index, {k: v.to(device) for k, v in batch.items()}
+
+
 @torch.inference_mode()
 def extract_features(
     backbone: torch.nn.Module,
@@ -88,22 +116,8 @@ def extract_features(
     out = torch.empty(len(examples), backbone.feature_dim, dtype=torch.float32)
     autocast = {"device_type": device.type, "enabled": device.type == "cuda", "dtype": torch.bfloat16}
     with tqdm(total=len(examples), desc=desc, disable=not progress, unit="ex", dynamic_ncols=True) as bar:
-        if getattr(backbone, "streams_files", False):
-            loader = file_loader(examples, backbone.preprocessor(), batch_size=batch_size, workers=workers,
-                                 device=device)  # fmt: skip
-            start = 0
-            for batch in loader:
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with torch.autocast(**autocast):
-                    feats = backbone(batch)
-                n = feats.shape[0]
-                out[start : start + n] = feats.float().cpu()
-                start += n
-                bar.update(n)
-            return out
-        for index in _batches_by_length(examples, batch_size):
-            batch = backbone.preprocess([examples[i] for i in index])
-            batch = {k: v.to(device) for k, v in batch.items()}
+        for index, batch in input_batches(backbone, examples, batch_size=batch_size, device=device,
+                                          workers=workers):  # fmt: skip
             with torch.autocast(**autocast):
                 feats = backbone(batch)
             out[torch.tensor(index)] = feats.float().cpu()

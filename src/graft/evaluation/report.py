@@ -25,6 +25,8 @@ class RunReport:
     validation: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    # graft adapt: the method chosen, the evidence, every candidate on labeled target data
+    adaptation: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -37,6 +39,7 @@ class RunReport:
             "validation": self.validation,
             "history": self.history,
             "timings_s": self.timings,
+            **({"adaptation": self.adaptation} if self.adaptation else {}),
         }
 
     def to_html(self) -> str:
@@ -270,6 +273,8 @@ def render_html(report: RunReport) -> str:
         parts.append(_strategy_html(report.strategy))
     if report.data:
         parts.append(_data_html(report.data))
+    if report.adaptation:
+        parts.append(adaptation_html(report.adaptation))
     if report.test is not None:
         parts.append(_test_html(report.test))
     if report.validation:
@@ -286,6 +291,41 @@ def render_html(report: RunReport) -> str:
             "<h2>Timings (s)</h2>" + _table(["step", "seconds"], [[k, v] for k, v in report.timings.items()])
         )
     return _page("".join(parts))
+
+
+def adaptation_rows(record: dict[str, Any]) -> list[list[Any]]:
+    """One row per candidate on the labeled target test rows: method, metric, interval, difference
+    with none and its paired interval."""
+    rows = []
+    for name, row in (record.get("test") or {}).get("scores", {}).items():
+        diff = row.get("vs_none")
+        lo, hi = row["interval_95"] or [math.nan, math.nan]
+        label = name + (" (chosen)" if name == record["method"] else "")
+        rows.append([
+            label, row["value"], f"[{_fmt(lo)}, {_fmt(hi)}]",
+            "" if diff is None else f"{diff['difference']:+.4f}",
+            "" if diff is None else "[{:+.4f}, {:+.4f}]".format(*diff["interval_95"]),
+        ])  # fmt: skip
+    return rows
+
+
+def adaptation_html(record: dict[str, Any]) -> str:
+    evidence = record["evidence"]
+    text = (
+        f"<h2>Adaptation: {_e(record['method'])}</h2><p>{_e(evidence['reason'])}.</p>"
+        f"<p class='note'>{record['target_inputs']} unlabeled target inputs; chosen on "
+        f"{_e(evidence.get('chosen_on', 'nothing'))}; source data: "
+        f"{_e(record.get('source_data') or 'not available')}</p>"
+    )
+    if record.get("test"):
+        metric = record["test"]["metric"]
+        text += f"<h3>Every method on {record['test']['rows']} labeled target test rows</h3>" + _table(
+            ["method", metric, "95% interval", "minus none", "paired 95% interval"], adaptation_rows(record),
+            left=(0,),
+        )  # fmt: skip
+    if record.get("skipped"):
+        text += _table(["not run", "why"], [[k, v] for k, v in record["skipped"].items()], left=(0, 1))
+    return text
 
 
 def _page(body: str) -> str:

@@ -146,7 +146,7 @@ def set_frozen(module: nn.Module, frozen: bool = True) -> None:
         p.requires_grad_(not frozen)
 
 
-def _batch_norm_types() -> tuple[type, ...]:
+def batch_norm_types() -> tuple[type, ...]:
     from torch import nn
 
     return (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -161,7 +161,7 @@ def set_train_mode(model: nn.Module, freeze_bn_stats: bool = False) -> None:
     those of small, noisy batches (the usual choice when fine-tuning on little data).
     """
     model.train()
-    batch_norms = _batch_norm_types()
+    batch_norms = batch_norm_types()
     for module in model.backbone.modules():
         if isinstance(module, batch_norms) and (
             freeze_bn_stats or not any(p.requires_grad for p in module.parameters(recurse=False))

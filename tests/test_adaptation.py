@@ -1,0 +1,161 @@
+"""graft adapt: each adapter on tiny real models, the choice on evidence, the bundle and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import graft
+from graft.adaptation import Adapter, Target, adapt_model, get_adapter, register_adapter
+from graft.adaptation.base import copy_model
+from graft.adaptation.selftrain import THRESHOLD, pseudo_labels
+from graft.cli import main
+from graft.config import EvalConfig, RunConfig, TrainConfig
+from graft.errors import ContractError, DataError
+from tests.conftest import make_image_folder
+
+
+@pytest.fixture(scope="module")
+def image_model(tmp_path_factory):
+    """A small BatchNorm CNN fitted on dominant-colour images; the target: the same classes, brighter."""
+    root = tmp_path_factory.mktemp("adapt")
+    make_image_folder(root / "source", n_per_class=16, seed=0)
+    target = make_image_folder(root / "target", n_per_class=12, seed=1)
+    for path in target.rglob("*.png"):  # a shift of the input statistics: brighter, lower contrast
+        from PIL import Image
+
+        pixels = np.asarray(Image.open(path)).astype(np.float32)
+        Image.fromarray((0.5 * pixels + 100).clip(0, 255).astype("uint8")).save(path)
+    cfg = RunConfig(
+        train=TrainConfig(epochs=2, batch_size=8, lr=3e-3), evaluation=EvalConfig(baselines="none")
+    )
+    model = graft.fit(root / "source", backbone="arch:small_cnn", strategy="full", config=cfg, progress=False,
+                      out=root / "run")  # fmt: skip
+    return model, root
+
+
+def _target(root, **kwargs) -> Target:
+    return Target(sorted(str(p) for p in (root / "target").rglob("*.png")), say=lambda _: None, **kwargs)
+
+
+def test_adabn_changes_running_statistics_and_nothing_else(image_model):
+    model, root = image_model
+    before = {k: v.clone() for k, v in model.network_.state_dict().items()}
+    adapted = get_adapter("adabn").adapt(model, _target(root))
+    after = adapted.network_.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(
+        k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed
+    )
+    assert all(torch.equal(before[k], v) for k, v in model.network_.state_dict().items())  # source untouched
+
+
+def test_tent_trains_only_batchnorm_scale_and_shift(image_model):
+    model, root = image_model
+    before = {k: v.clone() for k, v in model.network_.state_dict().items()}
+    adapted = get_adapter("tent").adapt(model, _target(root))
+    after = adapted.network_.state_dict()
+    bn = {n for n, m in adapted.network_.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any(k.endswith(".weight") for k in changed)
+    assert all(k.rsplit(".", 1)[0] in bn for k in changed)  # BatchNorm parameters and statistics only
+    assert not any(p.requires_grad for p in adapted.network_.parameters())
+
+
+def test_pseudo_labels_respect_the_threshold_and_the_class_balance():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(400, 3)) * 3
+    logits[:300, 0] += 4  # class 0 predicted far more often than the others
+    proba = torch.as_tensor(logits).softmax(1).numpy()
+    rows, labels = pseudo_labels(proba)
+    assert (proba[rows].max(1) >= THRESHOLD).all() and (proba[rows].argmax(1) == labels).all()
+    counts = np.bincount(labels, minlength=3)
+    assert len(set(counts[counts > 0].tolist())) == 1 and counts.sum() == len(rows)
+    sure = proba.max(1) >= THRESHOLD
+    for c in np.unique(labels):  # each class keeps its most confident rows
+        kept = proba[rows[labels == c], c]
+        others = proba[sure & (proba.argmax(1) == c), c]
+        assert kept.min() >= np.sort(others)[-len(kept)]
+
+
+class _Scramble(Adapter):
+    """A method that hurts: the head's classes permuted."""
+
+    name = "test_scramble"
+
+    def adapt(self, model, target):
+        adapted = copy_model(model)
+        with torch.no_grad():
+            adapted.network_.head.linear.weight.copy_(adapted.network_.head.linear.weight.roll(1, 0))
+            adapted.network_.head.linear.bias.copy_(adapted.network_.head.linear.bias.roll(1, 0))
+        return adapted
+
+
+def test_none_wins_when_every_method_hurts(image_model, monkeypatch):
+    from graft.adaptation import base
+
+    model, root = image_model
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # the test's method stays in this test
+    register_adapter(_Scramble())
+    val = model.labeled(root / "source")  # labeled rows the source model gets right
+    chosen, record = adapt_model(model, _target(root), methods=["test_scramble"], val=val)
+    assert record["method"] == "none" and "no method beat none" in record["evidence"]["reason"]
+    scores = record["evidence"]["scores"]
+    assert scores["test_scramble"]["vs_none"]["difference"] < 0
+    assert chosen.manifest_["adaptation"]["method"] == "none"
+    assert torch.equal(chosen.network_.head.linear.weight, model.network_.head.linear.weight)
+
+
+def test_adapt_writes_a_normal_bundle_with_the_evidence(image_model, tmp_path):
+    _, root = image_model
+    target = root / "target"
+    methods = ["adabn", "self_training", "coral"]
+    adapted = graft.adapt(root / "run", target, target_val=target, target_test=target, methods=methods,
+                          out=tmp_path / "adapted", progress=False)  # fmt: skip
+    record = adapted.manifest_["adaptation"]
+    assert record["source_data"] is not None  # the bundle's own training folder, unchanged
+    assert set(record["test"]["scores"]) == {"none", "adabn", "self_training", "coral"} - set(
+        record["skipped"]
+    )
+    assert record["target_fingerprint"] and record["target_inputs"] == 36
+    loaded = graft.load(tmp_path / "adapted")
+    assert loaded.manifest_["adaptation"]["method"] == record["method"]
+    assert len(loaded.predict(root / "target")) == 36
+    assert "Adaptation: " in (tmp_path / "adapted" / "report.html").read_text()
+    assert loaded.evaluate(root / "target").n == 36
+
+
+def test_target_of_another_modality_or_empty_is_refused_before_any_work(image_model, tmp_path):
+    model, _ = image_model
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a sentence\nanother one\n")
+    with pytest.raises(ContractError, match="image"):
+        graft.adapt(model, texts, out=tmp_path / "never", progress=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises((DataError, ContractError)):
+        graft.adapt(model, empty, out=tmp_path / "never", progress=False)
+    assert not (tmp_path / "never").exists()
+
+
+def test_without_labels_the_choice_is_unverified_and_says_so(image_model):
+    model, root = image_model
+    _, record = adapt_model(model, _target(root), methods=["adabn"])
+    assert record["evidence"]["verified"] is False and "unverified" in record["evidence"]["reason"]
+
+
+def test_cli_adapt_prints_the_table_and_exits_2_on_bad_input(image_model, tmp_path, capsys):
+    _, root = image_model
+    target = str(root / "target")
+    labeled = ["--target-val", target, "--target-test", target]
+    code = main(["adapt", str(root / "run"), "--target", target, *labeled, "--methods", "adabn",
+                 "--out", str(tmp_path / "a"), "--quiet"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "chosen:" in printed and "adabn" in printed and "minus none" in printed
+    assert main(["adapt", str(root / "run"), "--target", str(root / "target"), "--methods", "magic",
+                 "--out", str(tmp_path / "b"), "--json"]) == 2  # fmt: skip
+    assert "unknown adaptation method 'magic'" in json.loads(capsys.readouterr().out)["error"]["message"]
