@@ -159,3 +159,72 @@ def test_cli_adapt_prints_the_table_and_exits_2_on_bad_input(image_model, tmp_pa
     assert main(["adapt", str(root / "run"), "--target", str(root / "target"), "--methods", "magic",
                  "--out", str(tmp_path / "b"), "--json"]) == 2  # fmt: skip
     assert "unknown adaptation method 'magic'" in json.loads(capsys.readouterr().out)["error"]["message"]
+
+
+def test_from_classifier_keeps_the_modules_own_head_and_round_trips(tmp_path):
+    from graft.backbones.archs import build_architecture
+
+    torch.manual_seed(0)
+    net = build_architecture("resnet20").eval()
+    labels = [f"class{k}" for k in range(10)]
+    model = graft.from_classifier(net, labels=labels, head="linear", modality="image", input_size=(3, 32, 32))
+    features = torch.randn(4, 64)
+    with torch.no_grad():
+        assert torch.allclose(model.network_.head(features), net.linear(features), atol=1e-6)
+    images = make_image_folder(tmp_path / "images", n_per_class=2, size=32)
+    paths = sorted(str(p) for p in images.rglob("*.png"))
+    batch = model.network_.backbone.preprocess(paths)
+    with torch.no_grad():
+        expected = net(next(iter(batch.values()))).softmax(-1).numpy()
+    np.testing.assert_allclose(model.predict_proba(paths), expected, atol=1e-5)
+    model.save(tmp_path / "bundle")
+    loaded = graft.load(tmp_path / "bundle")
+    np.testing.assert_allclose(loaded.predict_proba(paths), expected, atol=1e-5)
+    assert "imported" in loaded.manifest_["strategy"]["kind"]
+    with pytest.raises(graft.ConfigError, match="one output per label"):
+        graft.from_classifier(net, labels=labels[:3], head="linear", modality="image", input_size=(3, 32, 32))
+
+
+def test_text_adapters_tune_the_encoder_or_refit_the_head_and_batchnorm_ones_say_why_not(
+    tiny_source, sentiment_csv, tmp_path
+):
+    from tests.conftest import make_sentiment
+
+    cfg = RunConfig(evaluation=EvalConfig(baselines="none"))
+    model = graft.fit(sentiment_csv, backbone=tiny_source, strategy="linear_probe", config=cfg,
+                      progress=False, out=tmp_path / "run")  # fmt: skip
+    target = [f"{text} indeed" for text, _ in make_sentiment(30, seed=5)]
+    labeled = {"text": target[:20], "label": [y for _, y in make_sentiment(30, seed=5)][:20]}
+    adapted = graft.adapt(tmp_path / "run", target, target_test=labeled, progress=False,
+                          methods=["adabn", "tent", "self_training", "contrastive", "coral"])  # fmt: skip
+    record = adapted.manifest_["adaptation"]
+    assert "BatchNorm" in record["skipped"]["adabn"] and "BatchNorm" in record["skipped"]["tent"]
+    assert record["source_data"] == str(sentiment_csv)  # found through the bundle's provenance
+    assert {"none", "self_training", "contrastive", "coral"} <= set(record["test"]["scores"])
+    tuned = get_adapter("contrastive").adapt(
+        model, Target(target, model.labeled(sentiment_csv), say=lambda _: None)
+    )
+    before, after = model.network_.backbone.state_dict(), tuned.network_.backbone.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the encoder moved
+    assert "calibration" not in tuned.manifest_ and len(tuned.predict(target[:3])) == 3
+
+
+def test_rule_lead_adopts_a_method_that_scores_higher_and_strict_needs_the_interval(image_model, monkeypatch):
+    from graft.adaptation import base
+    from graft.adaptation.choose import Candidate, choose
+
+    model, root = image_model
+    val = model.labeled(root / "source")
+    broken = _Scramble().adapt(model, _target(root))  # wrong on nearly every row
+    candidates = [Candidate("none", broken), Candidate("repaired", model)]
+    for rule in ("strict", "lead"):
+        chosen, evidence = choose(candidates, _target(root), val, "accuracy", rule)
+        assert chosen == "repaired" and evidence["rule"] == rule
+    assert "--rule lead" in choose(candidates, _target(root), val, "accuracy", "lead")[1]["reason"]
+    chosen, _ = choose(
+        [Candidate("none", model), Candidate("broken", broken)], _target(root), val, "accuracy", "lead"
+    )
+    assert chosen == "none"
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
+    with pytest.raises(graft.ConfigError, match="--rule"):
+        adapt_model(model, _target(root), methods=["adabn"], val=val, rule="loose")

@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "adapt": "graft.api",
     "fit": "graft.api",
+    "from_classifier": "graft.api",
     "load": "graft.api",
     "Model": "graft.api",
     "RunConfig": "graft.config",

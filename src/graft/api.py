@@ -662,6 +662,53 @@ def pretrain(
                overwrite=overwrite, progress=progress, callbacks=callbacks)  # fmt: skip
 
 
+def from_classifier(
+    module: torch.nn.Module, *, labels: Sequence[Any], head: str = "fc", **backbone: Any
+) -> Model:
+    """A classifier trained elsewhere, as a graft model: its final ``nn.Linear`` (attribute path
+    ``head``) becomes the head, the rest the backbone (:meth:`Backbone.from_module`, which takes
+    ``backbone``: modality, input_size, mean, std, ...). ``predict``, ``evaluate``, ``adapt`` and ``save``
+    then work on it as on a fitted model; nothing about it was measured here, and its report says so.
+
+    Example:
+        >>> source = graft.from_classifier(resnet, labels=CLASSES, head="linear", modality="image",
+        ...                                input_size=(3, 32, 32), mean=MEAN, std=STD)  # doctest: +SKIP
+    """
+    from graft.heads import make_head
+
+    final = module.get_submodule(head)
+    if not isinstance(final, torch.nn.Linear) or final.out_features != len(labels):
+        raise ConfigError(
+            f"from_classifier: {head!r} must be the module's final nn.Linear with one output per label "
+            f"({len(labels)}); it is {type(final).__name__}"
+        )
+    bb = Backbone.from_module(module, head=head, **backbone)
+    task_head = make_head("multiclass", bb.feature_dim, len(labels))  # input statistics 0 / 1: identity
+    task_head.linear.load_state_dict(final.state_dict())
+    k = len(labels)
+    why = f"a classifier trained elsewhere, imported with graft.from_classifier ({type(module).__name__})"
+    manifest = {
+        "task": "multiclass", "label_space": list(labels),
+        "contract": {**bb.contract.to_dict(), "path_col": None, "label_col": None},
+        "backbone": bb.spec(),
+        "head": {"type": type(task_head).__name__, "in_dim": bb.feature_dim, "n_outputs": k},
+        "strategy": {"kind": "imported", "frozen_backbone": True, "reason": why},
+        "metrics": {}, "majority": {"class": 0, "frequencies": [1 / k] * k},
+        "provenance": {
+            "backbone_source": bb.source, "backbone_weights_sha256": bb.weights_sha256(), "data_source": None,
+            "data_fingerprint": None, "seed": 0, "config": RunConfig().to_dict(),
+        },
+    }  # fmt: skip
+    report = RunReport(
+        backbone=bb.source,
+        task="multiclass",
+        label_space=list(labels),
+        strategy=manifest["strategy"],
+        data={"source": "not fitted here: nothing measured"},
+    )
+    return Model(TaskModel(bb, task_head).eval(), manifest, report)
+
+
 # --------------------------------------------------------------------------------------------------
 # adapt
 
@@ -674,6 +721,7 @@ def adapt(
     target_test: Any = None,
     source: Any = None,
     methods: list[str] | None = None,
+    rule: str = "strict",
     out: str | Path | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -690,6 +738,8 @@ def adapt(
         source: the labeled source data (default: the bundle's own training file, when it is still there
             unchanged); CORAL needs it, self-training uses it.
         methods: adaptation methods to try (default: every registered one; see ``graft adapt --help``).
+        rule: with ``target_val``: ``strict`` (default) adopts a method only when its paired 95% interval
+            against doing nothing lies above 0; ``lead`` when it merely scores higher there.
         out: write the adapted bundle (a normal bundle, with an ``adaptation`` record) here.
 
     Returns:
@@ -706,7 +756,7 @@ def adapt(
     context = Target(
         examples, _source_data(model, source, progress), seed, progress, lambda m: _say(progress, m)
     )
-    adapted, record = adapt_model(model, context, methods=methods, val=val, test=test)
+    adapted, record = adapt_model(model, context, methods=methods, val=val, test=test, rule=rule)
     record["target"] = where
     record["target_fingerprint"] = examples_fingerprint(model.modality, examples)
     _say(progress, f"adapt: chose {record['method']}: {record['evidence']['reason']}")
@@ -737,4 +787,14 @@ def _source_data(model: Model, source: Any, progress: bool) -> Dataset | None:
     return data
 
 
-__all__ = ["BackboneConfig", "Model", "RunConfig", "StrategyConfig", "adapt", "fit", "load", "pretrain"]
+__all__ = [
+    "BackboneConfig",
+    "Model",
+    "RunConfig",
+    "StrategyConfig",
+    "adapt",
+    "fit",
+    "from_classifier",
+    "load",
+]
+__all__ += ["pretrain"]

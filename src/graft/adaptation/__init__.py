@@ -30,20 +30,24 @@ def adapt_model(
     methods: list[str] | None = None,
     val: Dataset | None = None,
     test: Dataset | None = None,
+    rule: str = "strict",
 ) -> tuple[Model, dict[str, Any]]:
     """Every method (default: all registered) adapted from ``model``, the choice made on ``val`` (or
     without labels, unverified), every candidate scored on ``test``: (the chosen model, a copy carrying
     the ``adaptation`` record; the record)."""
-    from graft.adaptation.choose import choose, run_adapters, score
+    from graft.adaptation.choose import RULES, choose, run_adapters, score
+    from graft.errors import ConfigError
     from graft.evaluation.metrics import selection_metric
 
     names = methods or list(list_adapters())
     for name in names:
         get_adapter(name)  # an unknown name fails before any work
+    if rule not in RULES:
+        raise ConfigError(f"--rule must be one of {', '.join(RULES)}, got {rule!r}")
     candidates = run_adapters(model, target, names)
     labeled = val if val is not None else test
     metric = selection_metric(model.task, labeled.targets) if labeled is not None else "accuracy"
-    chosen, evidence = choose(candidates, target, val, metric)
+    chosen, evidence = choose(candidates, target, val, metric, rule)
     adapted = [c for c in candidates if c.model is not None]
     record = {
         "method": chosen,

@@ -83,6 +83,21 @@ def score(
     return out
 
 
+def _reason(chosen: str, strict: bool, n: int, metric: str, scores: dict[str, Any]) -> str:
+    if chosen == "none":
+        what = "paired 95% interval of the difference" if strict else "difference"
+        return (
+            f"no method beat none on the {n} labeled target rows (every {what} in {metric} reaches 0 or "
+            "below): the source model is kept"
+        )
+    lead = f"({metric} {scores[chosen]['value']:.3f} against {scores['none']['value']:.3f}"
+    if strict:
+        return f"{chosen} beat none on the {n} labeled target rows {lead}; paired 95% interval above 0)"
+    return (
+        f"{chosen} led none on the {n} labeled target rows {lead}; --rule lead: a lead, not a confirmed gain)"
+    )
+
+
 def information_maximisation(model: Model, examples: list[Any], seed: int = 0) -> float:
     """Entropy of the mean prediction minus the mean entropy of the predictions on unlabeled inputs
     (higher: confident predictions that still spread over the classes; Hu et al. 2017, SHOT)."""
@@ -94,27 +109,32 @@ def information_maximisation(model: Model, examples: list[Any], seed: int = 0) -
     return float(-(mean * np.log(mean)).sum() + (p * np.log(p)).sum(1).mean())
 
 
+RULES = ("strict", "lead")
+
+
 def choose(
-    candidates: list[Candidate], target: Target, val: Dataset | None, metric: str
+    candidates: list[Candidate], target: Target, val: Dataset | None, metric: str, rule: str = "strict"
 ) -> tuple[str, dict[str, Any]]:
-    """(the chosen candidate's name, the evidence)."""
+    """(the chosen candidate's name, the evidence). ``rule`` on labeled rows: ``strict`` adopts a
+    method only when the paired 95% interval of its difference with none lies above 0; ``lead`` when
+    its difference is above 0 (more gains kept, and sometimes a loss: see docs/adaptation.md)."""
     adapted = [c for c in candidates if c.model is not None]
     if val is not None:
         scores = score(adapted, val, metric, target.seed)
-        better = [
-            name for name, row in scores.items() if name != "none" and row["vs_none"]["interval_95"][0] > 0
-        ]
-        chosen = max(better, key=lambda name: scores[name]["value"]) if better else "none"
-        why = (
-            f"{chosen} beat none on the {len(val)} labeled target rows ({metric} "
-            f"{scores[chosen]['value']:.3f} against {scores['none']['value']:.3f}; paired 95% interval of "
-            "the difference above 0)"
-            if better else
-            f"no method beat none on the {len(val)} labeled target rows (every paired 95% interval of the "
-            f"difference in {metric} reaches 0 or below): the source model is kept"
-        )  # fmt: skip
-        return chosen, {"chosen_on": f"{len(val)} labeled target rows", "metric": metric, "scores": scores,
-                        "verified": True, "reason": why}  # fmt: skip
+        strict = rule == "strict"
+
+        def beats(row: dict[str, Any]) -> bool:
+            diff = row["vs_none"]
+            return (diff["interval_95"][0] if strict else diff["difference"]) > 0
+
+        better = [name for name, row in scores.items() if name != "none" and beats(row)]
+        # the best score; among equals, the one whose paired interval starts highest
+        chosen = max(better, key=lambda n: (scores[n]["value"], scores[n]["vs_none"]["interval_95"][0]),
+                     default="none")  # fmt: skip
+        return chosen, {
+            "chosen_on": f"{len(val)} labeled target rows", "metric": metric, "scores": scores,
+            "verified": True, "rule": rule, "reason": _reason(chosen, strict, len(val), metric, scores),
+        }  # fmt: skip
     if adapted[0].model is not None and adapted[0].model.task != "multiclass":
         return "none", {"verified": False, "reason": "no labeled target rows, and no unlabeled criterion for "
                         f"{adapted[0].model.task} models: the source model is kept"}  # fmt: skip
