@@ -124,7 +124,12 @@ def test_adapt_writes_a_normal_bundle_with_the_evidence(image_model, tmp_path):
     loaded = graft.load(tmp_path / "adapted")
     assert loaded.manifest_["adaptation"]["method"] == record["method"]
     assert len(loaded.predict(root / "target")) == 36
-    assert "Adaptation: " in (tmp_path / "adapted" / "report.html").read_text()
+    html = (tmp_path / "adapted" / "report.html").read_text()
+    assert (
+        "Adaptation: " in html
+        and "36 labeled target rows (choice)" in html
+        and "36 labeled target test rows" in html
+    )
     assert loaded.evaluate(root / "target").n == 36
 
 

@@ -293,11 +293,13 @@ def render_html(report: RunReport) -> str:
     return _page("".join(parts))
 
 
-def adaptation_rows(record: dict[str, Any]) -> list[list[Any]]:
-    """One row per candidate on the labeled target test rows: method, metric, interval, difference
-    with none and its paired interval."""
+def adaptation_rows(record: dict[str, Any], part: str = "test") -> list[list[Any]]:
+    """One row per candidate on the labeled target ``test`` rows (or the ``evidence`` rows it was
+    chosen on): method, metric, interval, difference with none and its paired interval."""
     rows = []
-    for name, row in (record.get("test") or {}).get("scores", {}).items():
+    for name, row in (record.get(part) or {}).get("scores", {}).items():
+        if "value" not in row:  # the unsupervised criterion: no labeled scores
+            continue
         diff = row.get("vs_none")
         lo, hi = row["interval_95"] or [math.nan, math.nan]
         label = name + (" (chosen)" if name == record["method"] else "")
@@ -317,12 +319,13 @@ def adaptation_html(record: dict[str, Any]) -> str:
         f"{_e(evidence.get('chosen_on', 'nothing'))}; source data: "
         f"{_e(record.get('source_data') or 'not available')}</p>"
     )
-    if record.get("test"):
-        metric = record["test"]["metric"]
-        text += f"<h3>Every method on {record['test']['rows']} labeled target test rows</h3>" + _table(
-            ["method", metric, "95% interval", "minus none", "paired 95% interval"], adaptation_rows(record),
-            left=(0,),
-        )  # fmt: skip
+    for part, title in (("evidence", evidence.get("chosen_on", "")), ("test", "labeled target test rows")):
+        rows = adaptation_rows(record, part)
+        if rows:
+            metric = record[part]["metric"]
+            head = ["method", metric, "95% interval", "minus none", "paired 95% interval"]
+            where = f"{record['test']['rows']} {title}" if part == "test" else f"the {title} (choice)"
+            text += f"<h3>Every method on {_e(where)}</h3>" + _table(head, rows, left=(0,))
     if record.get("skipped"):
         text += _table(["not run", "why"], [[k, v] for k, v in record["skipped"].items()], left=(0, 1))
     return text
