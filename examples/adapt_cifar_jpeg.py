@@ -23,7 +23,7 @@ import graft
 from graft.backbones.archs import build_architecture
 from graft.backbones.module import read_state_file
 from graft.data import read_dataset
-from graft.evaluation.report import adaptation_rows
+from graft.evaluation.report import adaptation_text
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -60,14 +60,7 @@ def main() -> None:
           f"test: {len(test_idx)}")  # fmt: skip
     adapted = graft.adapt(source, [ds.examples[i] for i in adapt_idx], target_val=table(val_idx),
                           target_test=table(test_idx), out=args.out, seed=args.seed)  # fmt: skip
-    record = adapted.manifest_["adaptation"]
-    print(f"\nchosen: {record['method']} ({record['evidence']['reason']})\n")
-    print(f"{'method':<24}{'accuracy':>10}  {'95% interval':<18}{'minus none':>11}  paired 95% interval")
-    for row in adaptation_rows(record):
-        print(f"{row[0]:<24}{row[1]:>10.4f}  {row[2]:<18}{row[3]:>11}  {row[4]}")
-    for name, why in record["skipped"].items():
-        print(f"not run: {name}: {why}")
-    print(f"seconds: {record['seconds']}")
+    print("\n" + adaptation_text(adapted.manifest_["adaptation"]))
 
 
 if __name__ == "__main__":

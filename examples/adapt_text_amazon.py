@@ -18,7 +18,7 @@ from _shared import shared_data
 
 import graft
 from graft.config import RunConfig
-from graft.evaluation.report import adaptation_rows
+from graft.evaluation.report import adaptation_text
 
 
 def main() -> None:
@@ -53,14 +53,7 @@ def main() -> None:
                        config=quick, overwrite=True)  # fmt: skip
     adapted = graft.adapt(source, [rows[i][0] for i in adapt_idx], target_val=table(val_idx),
                           target_test=table(test_idx), out=f"{args.out}/adapted", seed=args.seed)  # fmt: skip
-    record = adapted.manifest_["adaptation"]
-    print(f"\nchosen: {record['method']} ({record['evidence']['reason']})\n")
-    print(f"{'method':<24}{'accuracy':>10}  {'95% interval':<18}{'minus none':>11}  paired 95% interval")
-    for row in adaptation_rows(record):
-        print(f"{row[0]:<24}{row[1]:>10.4f}  {row[2]:<18}{row[3]:>11}  {row[4]}")
-    for name, why in record["skipped"].items():
-        print(f"not run: {name}: {why}")
-    print(f"seconds: {record['seconds']}")
+    print("\n" + adaptation_text(adapted.manifest_["adaptation"]))
 
 
 if __name__ == "__main__":

@@ -686,7 +686,7 @@ def cmd_curve(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_adapt(args: argparse.Namespace, out: TextIO) -> int:
     from graft.api import adapt
-    from graft.evaluation.report import adaptation_rows
+    from graft.evaluation.report import adaptation_text
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     model = adapt(args.bundle, args.target, target_val=args.target_val, target_test=args.target_test,
@@ -696,14 +696,7 @@ def cmd_adapt(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         print(json.dumps({"bundle": str(args.out), **record}, default=str), file=out)
         return EXIT_OK
-    print(f"bundle: {args.out}\nchosen: {record['method']} ({record['evidence']['reason']})", file=out)
-    if record.get("test"):
-        metric = record["test"]["metric"]
-        print(f"\n{'method':<24}{metric:>10}  {'95% interval':<18}{'minus none':>11}  paired 95%", file=out)
-        for row in adaptation_rows(record):
-            print(f"{row[0]:<24}{row[1]:>10.4f}  {row[2]:<18}{row[3]:>11}  {row[4]}", file=out)
-    for name, why in record.get("skipped", {}).items():
-        print(f"not run: {name}: {why}", file=out)
+    print(f"bundle: {args.out}\n{adaptation_text(record)}", file=out)
     return EXIT_OK
 
 

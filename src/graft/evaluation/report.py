@@ -311,6 +311,21 @@ def adaptation_rows(record: dict[str, Any], part: str = "test") -> list[list[Any
     return rows
 
 
+def adaptation_text(record: dict[str, Any]) -> str:
+    """The choice, every method on the labeled target test rows, and what was not run, as text."""
+    lines = [f"chosen: {record['method']} ({record['evidence']['reason']})"]
+    if record.get("test"):
+        metric = record["test"]["metric"]
+        lines += [
+            "",
+            f"{'method':<24}{metric:>10}  {'95% interval':<18}{'minus none':>11}  paired 95% interval",
+        ]
+        lines += [f"{r[0]:<24}{r[1]:>10.4f}  {r[2]:<18}{r[3]:>11}  {r[4]}" for r in adaptation_rows(record)]
+    lines += [f"not run: {name}: {why}" for name, why in record.get("skipped", {}).items()]
+    lines.append("seconds: " + ", ".join(f"{name} {s:.1f}" for name, s in record.get("seconds", {}).items()))
+    return "\n".join(lines)
+
+
 def adaptation_html(record: dict[str, Any]) -> str:
     evidence = record["evidence"]
     text = (
