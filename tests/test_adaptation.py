@@ -233,3 +233,15 @@ def test_rule_lead_adopts_a_method_that_scores_higher_and_strict_needs_the_inter
     monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))
     with pytest.raises(graft.ConfigError, match="--rule"):
         adapt_model(model, _target(root), methods=["adabn"], val=val, rule="loose")
+
+
+def test_out_is_never_the_source_bundle_or_a_folder_of_other_files(image_model, tmp_path):
+    _, root = image_model
+    with pytest.raises(graft.ConfigError, match="is the source bundle"):
+        graft.adapt(root / "run", root / "target", out=root / "run" / "bundle", progress=False)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(graft.ConfigError, match="holds other files"):
+        graft.adapt(root / "run", root / "target", out=busy, progress=False)
+    assert (busy / "notes.txt").read_text() == "mine"

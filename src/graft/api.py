@@ -747,6 +747,7 @@ def adapt(
     """
     from graft.adaptation import Target, adapt_model
 
+    _check_adapt_out(model, out)
     model = model if isinstance(model, Model) else load(model)
     examples, where = model.inputs(target), str(target) if isinstance(target, str | Path) else "<inputs>"
     if not examples:
@@ -769,6 +770,22 @@ def adapt(
     if out is not None:
         _say(progress, f"bundle: {adapted.save(out)}")
     return adapted
+
+
+def _check_adapt_out(model: Any, out: str | Path | None) -> None:
+    """``out`` may be new, empty or an earlier bundle; not the source bundle, not a folder of other files."""
+    from graft.bundle import MANIFEST
+
+    if out is None or not Path(out).exists():
+        return
+    folder = Path(out)
+    if isinstance(model, str | Path) and folder.resolve() in (
+        Path(model).resolve(),
+        Path(model, "bundle").resolve(),
+    ):
+        raise ConfigError(f"--out {out} is the source bundle; write the adapted bundle to another folder")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / MANIFEST).is_file():
+        raise ConfigError(f"--out {out} exists and holds other files, not a bundle; choose a new folder")
 
 
 def _source_data(model: Model, source: Any, progress: bool) -> Dataset | None:
