@@ -88,6 +88,13 @@ examples:
   graft export runs/sst2 --out sst2.onnx                  # + sst2.contract.json, sst2.tokenizer/
   graft export runs/cifar --out cifar.onnx --check test_images/ --json
 """
+SERVE_EXAMPLES = """\
+examples:
+  graft serve runs/sst2 --port 8000
+  curl -s localhost:8000/predict -H 'content-type: application/json' -d '{"inputs": ["great film"]}'
+  graft serve runs/ants --host 0.0.0.0 --port 8080
+  curl -s localhost:8080/predict -F files=@ant.jpg -F files=@bee.jpg
+"""
 PREDICT_EXAMPLES = """\
 examples:
   graft predict runs/sst2 new_reviews.csv --out preds.csv
@@ -260,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_curve(sub, raw)
     _add_adapt(sub, raw)
     _add_export(sub, raw)
+    _add_serve(sub, raw)
     _add_fetch(sub, raw)
     return parser
 
@@ -392,6 +400,22 @@ def _add_export(sub: Any, raw: type[argparse.HelpFormatter]) -> None:
                     "(default: built-in sentences, or generated images / audio)")  # fmt: skip
     ex.add_argument("--tolerance", type=float, default=1e-4, help="largest probability difference accepted")
     _add_common(ex)
+
+
+def _add_serve(sub: Any, raw: type[argparse.HelpFormatter]) -> None:
+    se = sub.add_parser(
+        "serve", help="serve a bundle over HTTP (POST /predict, GET /health, GET /contract)",
+        description="Serve a bundle with FastAPI + uvicorn. POST /predict takes JSON {\"inputs\": [texts]} "
+        "(text models) or multipart uploads named 'files' (image / audio models) and answers what `graft "
+        "predict` answers; a request that breaks the contract gets HTTP 422 naming the problem. Concurrent "
+        "requests are scored in batches.",
+        epilog=SERVE_EXAMPLES, formatter_class=raw,
+    )  # fmt: skip
+    se.add_argument("bundle", help="bundle folder, or a run folder")
+    se.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
+    se.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    se.add_argument("--max-batch", type=int, default=64, help="inputs scored together at most (default: 64)")
+    _add_common(se)
 
 
 def _add_fetch(sub: Any, raw: type[argparse.HelpFormatter]) -> None:
@@ -746,6 +770,18 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    from graft.api import load
+    from graft.serve import serve
+
+    model = load(args.bundle)
+    if not args.quiet:
+        print(f"graft: serving {args.bundle} on http://{args.host}:{args.port} (POST /predict; Ctrl-C stops)",
+              file=sys.stderr)  # fmt: skip
+    serve(model, host=args.host, port=args.port, max_batch=args.max_batch)
+    return EXIT_OK
+
+
 def cmd_fetch(args: argparse.Namespace, out: TextIO) -> int:
     from graft.backbones.fetch import fetch
 
@@ -765,6 +801,7 @@ COMMANDS = {
     "curve": cmd_curve,
     "adapt": cmd_adapt,
     "export": cmd_export,
+    "serve": cmd_serve,
     "fetch": cmd_fetch,
 }
 

@@ -104,7 +104,7 @@ def export_onnx(
                               output_names=[output], dynamic_axes={**axes, output: {0: "batch"}},
                               opset_version=OPSET, dynamo=False)  # fmt: skip
             expected = graph(*(batch[k] for k in keys)).numpy()
-        contract = _contract(model, keys, output)
+        contract = contract_record(model, keys, output)
         _add_metadata(tmp, contract)
         got = _run_onnx(tmp, {k: batch[k].numpy() for k in keys})
         difference = float(np.abs(got - expected).max())
@@ -145,8 +145,11 @@ def _check_inputs(model: Model, folder: Path) -> list[Any]:
     return paths
 
 
-def _contract(model: Model, keys: list[str], output: str) -> dict[str, Any]:
+def contract_record(model: Model, keys: list[str] | None = None, output: str | None = None) -> dict[str, Any]:
+    """Task, label space, input contract and decision rules of ``model`` (JSON-able); with the graph's
+    input names and output name when exported."""
     manifest = model.manifest_
+    output = output or ("values" if model.task == "regression" else "probabilities")
     rules = {k: manifest[k] for k in ("thresholds", "abstain", "costs", "calibration") if manifest.get(k)}
     return {
         "graft_export": 1,
