@@ -102,3 +102,39 @@ def test_sentence_transformers_pooling_config_is_read(tmp_path, tiny_bert_dir):
     assert (bb.pooling, bb.normalize, bb.max_length) == ("cls", True, 16)
     feats = bb(bb.preprocess(["the movie", "was great"]))
     torch.testing.assert_close(feats.norm(dim=-1), torch.ones(2))
+
+
+def test_backbones_pattern_lists_timm_and_torchvision_models_and_finds_local_weights(
+    tmp_path, monkeypatch, capsys
+):
+    import json
+    from pathlib import Path
+
+    import torchvision
+
+    from graft.cli import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    # weights "downloaded" earlier: torchvision's resnet18 checkpoint, timm's resnet18.a1_in1k snapshot
+    url = torchvision.models.get_model_weights("resnet18").DEFAULT.url
+    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "torch" / "hub" / "checkpoints" / Path(url).name).write_bytes(b"weights")
+    snapshot = tmp_path / "hf" / "models--timm--resnet18.a1_in1k" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(b"weights")
+    (tmp_path / "hf" / "models--timm--resnet18.a1_in1k" / "refs").mkdir()
+    (tmp_path / "hf" / "models--timm--resnet18.a1_in1k" / "refs" / "main").write_text("abc123")
+
+    assert main(["backbones", "resnet18*", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    timm_rows = {r["spec"]: r["local"] for r in found["timm"]}
+    tv_rows = {r["spec"]: r["local"] for r in found["torchvision"]}
+    assert timm_rows["timm:resnet18.a1_in1k"] is True and timm_rows["timm:resnet18.a2_in1k"] is False
+    assert tv_rows == {"torchvision:resnet18": True}
+    assert main(["backbones", "resnet18*"]) == 0
+    assert "timm:resnet18.a1_in1k" in capsys.readouterr().out
+    assert main(["backbones", "no_such_model_*"]) == 2

@@ -95,6 +95,12 @@ examples:
   graft serve runs/ants --host 0.0.0.0 --port 8080
   curl -s localhost:8080/predict -F files=@ant.jpg -F files=@bee.jpg
 """
+BACKBONES_EXAMPLES = """\
+examples:
+  graft backbones                       # the sources
+  graft backbones 'resnet*'             # + timm / torchvision models, local weights or not
+  graft backbones 'vit_small*' --json
+"""
 PREDICT_EXAMPLES = """\
 examples:
   graft predict runs/sst2 new_reviews.csv --out preds.csv
@@ -257,8 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_common(pr)
 
-    bb = sub.add_parser("backbones", help="list backbone sources", description="List backbone sources.")
-    bb.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern over source names")
+    bb = sub.add_parser(
+        "backbones", help="list backbone sources, and timm / torchvision models with local weights",
+        description="List backbone sources. With a PATTERN, also the timm and torchvision models whose names "
+        "match it, each marked 'local' when its pretrained weights are already on this machine (usable "
+        "offline) or 'download' when they are not.",
+        epilog=BACKBONES_EXAMPLES,
+        formatter_class=raw,
+    )  # fmt: skip
+    bb.add_argument("pattern", nargs="?", default=None, help="fnmatch pattern over source and model names")
     bb.add_argument("--json", action="store_true", help="machine-readable output")
 
     _add_pretrain(sub, raw)
@@ -666,16 +679,31 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
 def cmd_backbones(args: argparse.Namespace, out: TextIO) -> int:
     from graft.backbones import list_backbones
 
-    entries = list_backbones(args.pattern)
+    entries = list_backbones(args.pattern or "*")
+    models: dict[str, list[dict[str, Any]]] = {}
+    if args.pattern:
+        from graft.backbones.discover import timm_models, torchvision_models
+
+        models = {"timm": timm_models(args.pattern), "torchvision": torchvision_models(args.pattern)}
     if args.json:
-        print(json.dumps([{"name": e.name, "example": e.example, "modality": e.modality,
-                           "description": e.description} for e in entries]), file=out)  # fmt: skip
+        keys = ("name", "example", "modality", "description")
+        sources = [{k: getattr(e, k) for k in keys} for e in entries]
+        print(json.dumps(sources if not args.pattern else {"sources": sources, **models}), file=out)
         return EXIT_OK
-    if not entries:
-        print(f"no backbone source matches {args.pattern!r}", file=sys.stderr)
+    if not entries and not any(models.values()):
+        print(f"no backbone source or timm / torchvision model matches {args.pattern!r}", file=sys.stderr)
         return EXIT_USAGE
     for e in entries:
         print(f"{e.example:<26}{e.modality:<8}{e.description}", file=out)
+    for library, rows in models.items():
+        if rows:
+            local = sum(r["local"] for r in rows)
+            print(
+                f"\n{library} models matching {args.pattern!r}: {len(rows)} ({local} with local weights)",
+                file=out,
+            )
+            for r in rows:
+                print(f"  {r['spec']:<56}{'local' if r['local'] else 'download'}", file=out)
     return EXIT_OK
 
 
