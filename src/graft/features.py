@@ -22,7 +22,7 @@ import torch
 
 from graft.serialization import load_tensors, save_tensors
 
-FEATURE_FORMAT = 1
+FEATURE_FORMAT = 2  # 2: image resizing matches timm exactly (the longer side truncated)
 
 
 def default_device() -> torch.device:

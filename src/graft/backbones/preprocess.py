@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,15 +111,27 @@ class ImagePreprocess:
 
 class _CoverResize:
     """Resize (PIL) so the image covers ``size / crop_pct`` on both sides, keeping its aspect ratio;
-    the centre crop that follows then never pads."""
+    the centre crop that follows then never pads.
+
+    For a square input this is exactly timm's eval transform (``Resize(floor(size / crop_pct))`` in
+    torchvision: the shorter side to that many pixels, the longer side truncated, not rounded), so timm
+    and torchvision backbones see the pixels their authors fed them (tested against
+    ``timm.data.create_transform`` on real JPEGs to 1e-6). A non-square input covers both sides."""
 
     def __init__(self, size: tuple[int, int], crop_pct: float, resample: int) -> None:
         self.size, self.crop_pct, self.resample = size, crop_pct, resample
 
     def __call__(self, image):
         width, height = image.size
-        scale = max(self.size[0] / height, self.size[1] / width) / self.crop_pct
-        target = (max(1, round(width * scale)), max(1, round(height * scale)))
+        if self.size[0] == self.size[1]:
+            short = math.floor(self.size[0] / self.crop_pct)
+            if width <= height:
+                target = (short, max(1, int(short * height / width)))
+            else:
+                target = (max(1, int(short * width / height)), short)
+        else:
+            scale = max(self.size[0] / height, self.size[1] / width) / self.crop_pct
+            target = (max(1, round(width * scale)), max(1, round(height * scale)))
         return image if target == image.size else image.resize(target, self.resample)
 
 

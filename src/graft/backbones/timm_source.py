@@ -284,7 +284,7 @@ def _per_channel(values: Any, channels: int) -> Sequence[float]:
 def timm_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
     """Ordered layer groups from timm's coarse ``group_matcher``: ``[(name, [prefixes]), ...]``.
 
-    timm's :func:`~timm.models._manipulate.group_with_matcher` orders the parameters (stem, then each
+    timm's public :func:`timm.models.group_parameters` orders the parameters (stem, then each
     stage or block, final norms merged into the last one, anything unmatched last). Each group is named
     after the one module it is (``layer1``, ``blocks.3``, ``stages.0``), else after the
     matcher entry (``stem``, ``blocks.11`` with the final norm), and ``final`` for what the matcher
@@ -292,7 +292,7 @@ def timm_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
     parameters of that group only. Models without a ``group_matcher`` fall
     back to one group per top-level child.
     """
-    from timm.models._manipulate import group_with_matcher
+    from timm.models import group_parameters
 
     matcher_fn = getattr(model, "group_matcher", None)
     matcher = None
@@ -305,10 +305,10 @@ def timm_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
     if not matcher:
         return top_level_groups(model)
     names = [n for n, _ in model.named_parameters()]
-    grouped = group_with_matcher(((n, None) for n in names), matcher)
+    grouped = group_parameters(model, matcher)
     ordered = [list(grouped[k]) for k in sorted(grouped) if grouped[k]]
     owner = {n: i for i, members in enumerate(ordered) for n in members}
-    if len(owner) != len(names):  # pragma: no cover - group_with_matcher places every name
+    if len(owner) != len(names):  # pragma: no cover - group_parameters places every name
         return top_level_groups(model)
 
     groups_under: dict[str, set[int]] = {}
