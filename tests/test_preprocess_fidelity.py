@@ -41,3 +41,20 @@ def test_image_tensors_equal_timms_create_transform(name):
         assert got.shape == expected.shape, (path, config)
         assert torch.allclose(got, expected, atol=1e-6), (path, config, float((got - expected).abs().max()))
     assert len(sizes) >= 5  # several odd sizes were compared
+
+
+@pytest.mark.parametrize(
+    "name", ["resnet18", "efficientnet_b0", "convnext_tiny", "regnet_y_400mf", "vit_b_16"]
+)
+def test_image_tensors_equal_torchvisions_weights_transforms(name):
+    import torchvision
+
+    from graft.backbones.torchvision_source import torchvision_preprocess
+
+    theirs = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+    ours = torchvision_preprocess(name)
+    for path in _real_images():
+        expected = theirs(Image.open(path).convert("RGB"))
+        got = ours([path])["pixel_values"][0]
+        assert got.shape == expected.shape, (path, theirs)
+        assert torch.allclose(got, expected, atol=1e-6), (path, theirs, float((got - expected).abs().max()))

@@ -124,7 +124,7 @@ class _CoverResize:
     def __call__(self, image):
         width, height = image.size
         if self.size[0] == self.size[1]:
-            short = math.floor(self.size[0] / self.crop_pct)
+            short = math.floor(self.size[0] / self.crop_pct + 1e-6)  # 224 / (224 / 232) is 231.99999...
             if width <= height:
                 target = (short, max(1, int(short * height / width)))
             else:
