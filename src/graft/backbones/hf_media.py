@@ -345,6 +345,7 @@ def image_preprocess_from_config(processor: dict[str, Any], config: Any) -> Imag
         interpolation=_interpolation(processor.get("resample")),
         crop_pct=round(crop_pct, 6),
         channels=channels,
+        resize="squash" if "height" in size and "width" in size else "cover",
     )
 
 

@@ -42,6 +42,10 @@ class ImagePreprocess:
     crop_pct: float = 1.0
     channels: int = 3
     augment: str = "none"
+    # "cover": the shorter side to size / crop_pct, aspect kept, then a centre crop (timm, torchvision);
+    # "squash": straight to size / crop_pct on both sides, aspect not kept, then the crop (the Hugging
+    # Face processors whose size is {"height", "width"}, e.g. ViT)
+    resize: str = "cover"
     # random-resized-crop area range; None: (0.35, 1) for inputs above 64 px, (0.7, 1) for small
     # ones (a 32x32 crop of a third of a 32x32 image loses the object: measured on CIFAR-10, 0.80
     # vs 0.85 with no augmentation at all)
@@ -67,6 +71,8 @@ class ImagePreprocess:
             raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         if not (0.05 <= self.crop_pct <= 1.0):
             raise ValueError(f"crop_pct must be in [0.05, 1], got {self.crop_pct}")
+        if self.resize not in ("cover", "squash"):
+            raise ValueError(f"resize must be cover or squash, got {self.resize!r}")
 
     modality = "image"
     input_key = "pixel_values"
@@ -84,6 +90,7 @@ class ImagePreprocess:
             "interpolation": self.interpolation,
             "crop_pct": self.crop_pct,
             "channels": self.channels,
+            **({"resize": self.resize} if self.resize != "cover" else {}),  # older contracts: cover
         }
 
     @classmethod
@@ -95,6 +102,7 @@ class ImagePreprocess:
             interpolation=raw.get("interpolation", "bilinear"),
             crop_pct=raw.get("crop_pct", 1.0),
             channels=raw.get("channels", 3),
+            resize=raw.get("resize", "cover"),
         )
 
     def example_shape(self) -> tuple[int, ...]:
@@ -118,12 +126,14 @@ class _CoverResize:
     and torchvision backbones see the pixels their authors fed them (tested against
     ``timm.data.create_transform`` on real JPEGs to 1e-6). A non-square input covers both sides."""
 
-    def __init__(self, size: tuple[int, int], crop_pct: float, resample: int) -> None:
-        self.size, self.crop_pct, self.resample = size, crop_pct, resample
+    def __init__(self, size: tuple[int, int], crop_pct: float, resample: int, squash: bool = False) -> None:
+        self.size, self.crop_pct, self.resample, self.squash = size, crop_pct, resample, squash
 
     def __call__(self, image):
         width, height = image.size
-        if self.size[0] == self.size[1]:
+        if self.squash:  # both sides straight to size / crop_pct, as a Hugging Face processor resizes
+            target = tuple(math.floor(s / self.crop_pct + 1e-6) for s in (self.size[1], self.size[0]))
+        elif self.size[0] == self.size[1]:
             short = math.floor(self.size[0] / self.crop_pct + 1e-6)  # 224 / (224 / 232) is 231.99999...
             if width <= height:
                 target = (short, max(1, int(short * height / width)))
@@ -143,7 +153,10 @@ def _image_transform(p: ImagePreprocess):
     mode = InterpolationMode(p.interpolation)
     if p.augment == "none":
         resample = getattr(Image.Resampling, p.interpolation.upper())
-        resize = [_CoverResize(p.size, p.crop_pct, resample), v2.CenterCrop(p.size)]
+        resize = [
+            _CoverResize(p.size, p.crop_pct, resample, squash=p.resize == "squash"),
+            v2.CenterCrop(p.size),
+        ]
     else:
         resize = [v2.RandomResizedCrop(p.size, scale=p.scale, interpolation=mode, antialias=True)]
         if p.augment == "crop_flip":
