@@ -131,8 +131,13 @@ def test_vit_folder_is_an_image_backbone(vit_dir, image_files):
     assert isinstance(bb, HFMediaBackbone) and bb.streams_files
     assert bb.contract.modality == "image"
     expected = ImagePreprocess(
-        size=(32, 32), mean=tuple(MEAN), std=tuple(STD), interpolation="bilinear", resize="squash"
-    )  # ViT's processor resizes both sides to 32, aspect not kept
+        size=(32, 32),
+        mean=tuple(MEAN),
+        std=tuple(STD),
+        interpolation="bilinear",
+        resize="squash",
+        crop_offset="floor",
+    )  # ViT's processor resizes both sides to 32, aspect not kept; HF crops start at (h - crop) // 2
     assert bb.contract.preprocessing == {**expected.to_dict(), "pooling": "cls"}
     # the BERT-style pooler is dropped: the class token after the final layer norm is the feature
     assert bb.pooling == "cls" and bb.model.pooler is None
@@ -283,7 +288,7 @@ def test_not_a_media_encoder_is_a_config_error(tiny_bert_dir, tmp_path):
         create_backbone(f"hf:{tmp_path}")
 
 
-@pytest.mark.parametrize("folder", ["vit_dir"])  # ConvNeXt's processor crops at (h - crop) // 2: see issue 11
+@pytest.mark.parametrize("folder", ["vit_dir", "convnext_dir"])
 def test_image_tensors_equal_the_hugging_face_processors_on_real_jpegs(folder, request):
     from PIL import Image
     from transformers import AutoImageProcessor

@@ -346,6 +346,7 @@ def image_preprocess_from_config(processor: dict[str, Any], config: Any) -> Imag
         crop_pct=round(crop_pct, 6),
         channels=channels,
         resize="squash" if "height" in size and "width" in size else "cover",
+        crop_offset="floor",  # transformers' center_crop starts at (h - crop) // 2
     )
 
 

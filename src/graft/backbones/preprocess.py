@@ -46,6 +46,9 @@ class ImagePreprocess:
     # "squash": straight to size / crop_pct on both sides, aspect not kept, then the crop (the Hugging
     # Face processors whose size is {"height", "width"}, e.g. ViT)
     resize: str = "cover"
+    # where the centre crop starts: "round" ((h - crop) / 2 rounded, torchvision and timm) or "floor"
+    # ((h - crop) // 2, the Hugging Face image processors): a one-pixel shift on some sizes
+    crop_offset: str = "round"
     # random-resized-crop area range; None: (0.35, 1) for inputs above 64 px, (0.7, 1) for small
     # ones (a 32x32 crop of a third of a 32x32 image loses the object: measured on CIFAR-10, 0.80
     # vs 0.85 with no augmentation at all)
@@ -73,6 +76,8 @@ class ImagePreprocess:
             raise ValueError(f"crop_pct must be in [0.05, 1], got {self.crop_pct}")
         if self.resize not in ("cover", "squash"):
             raise ValueError(f"resize must be cover or squash, got {self.resize!r}")
+        if self.crop_offset not in ("round", "floor"):
+            raise ValueError(f"crop_offset must be round or floor, got {self.crop_offset!r}")
 
     modality = "image"
     input_key = "pixel_values"
@@ -91,6 +96,7 @@ class ImagePreprocess:
             "crop_pct": self.crop_pct,
             "channels": self.channels,
             **({"resize": self.resize} if self.resize != "cover" else {}),  # older contracts: cover
+            **({"crop_offset": self.crop_offset} if self.crop_offset != "round" else {}),
         }
 
     @classmethod
@@ -103,6 +109,7 @@ class ImagePreprocess:
             crop_pct=raw.get("crop_pct", 1.0),
             channels=raw.get("channels", 3),
             resize=raw.get("resize", "cover"),
+            crop_offset=raw.get("crop_offset", "round"),
         )
 
     def example_shape(self) -> tuple[int, ...]:
@@ -145,6 +152,18 @@ class _CoverResize:
         return image if target == image.size else image.resize(target, self.resample)
 
 
+class _FloorCenterCrop:
+    """A centre crop of a PIL image starting at ``(h - crop) // 2`` (the Hugging Face processors)."""
+
+    def __init__(self, size: tuple[int, int]) -> None:
+        self.size = size
+
+    def __call__(self, image):
+        width, height = image.size
+        top, left = (height - self.size[0]) // 2, (width - self.size[1]) // 2
+        return image.crop((left, top, left + self.size[1], top + self.size[0]))
+
+
 @functools.lru_cache(maxsize=16)
 def _image_transform(p: ImagePreprocess):
     from PIL import Image
@@ -153,10 +172,8 @@ def _image_transform(p: ImagePreprocess):
     mode = InterpolationMode(p.interpolation)
     if p.augment == "none":
         resample = getattr(Image.Resampling, p.interpolation.upper())
-        resize = [
-            _CoverResize(p.size, p.crop_pct, resample, squash=p.resize == "squash"),
-            v2.CenterCrop(p.size),
-        ]
+        crop = v2.CenterCrop(p.size) if p.crop_offset == "round" else _FloorCenterCrop(p.size)
+        resize = [_CoverResize(p.size, p.crop_pct, resample, squash=p.resize == "squash"), crop]
     else:
         resize = [v2.RandomResizedCrop(p.size, scale=p.scale, interpolation=mode, antialias=True)]
         if p.augment == "crop_flip":
