@@ -58,3 +58,27 @@ def test_image_tensors_equal_torchvisions_weights_transforms(name):
         got = ours([path])["pixel_values"][0]
         assert got.shape == expected.shape, (path, theirs)
         assert torch.allclose(got, expected, atol=1e-6), (path, theirs, float((got - expected).abs().max()))
+
+
+def test_the_log_mel_front_end_equals_transformers_audio_utils_on_a_real_clip():
+    import numpy as np
+    import soundfile
+    from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
+
+    from graft.backbones.archs import LogMel, mel_filterbank
+
+    sr, n_fft, hop, n_mels = 16000, 512, 160, 64
+    theirs = mel_filter_bank(num_frequency_bins=n_fft // 2 + 1, num_mel_filters=n_mels, min_frequency=0.0,
+                             max_frequency=sr / 2, sampling_rate=sr, norm=None, mel_scale="htk")  # fmt: skip
+    ours = mel_filterbank(n_fft, n_mels, sr).double().numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
+
+    clip = sorted(shared("audio", "fsdd").glob("*.wav"))[0]
+    wave, rate = soundfile.read(clip, dtype="float32")
+    assert rate == 8000  # FSDD is 8 kHz; the front end sees whatever rate it is given, so compare at 8 kHz
+    front = LogMel(sample_rate=rate, n_fft=n_fft, hop=hop, n_mels=n_mels)
+    got = front(torch.from_numpy(wave)[None])[0, 0].numpy()
+    power = spectrogram(wave, window_function(n_fft, "hann"), frame_length=n_fft, hop_length=hop, power=2.0,
+                        center=True, pad_mode="reflect",
+                        mel_filters=mel_filterbank(n_fft, n_mels, rate).double().numpy())  # fmt: skip
+    np.testing.assert_allclose(got, np.log(power + 1e-6), atol=1e-3)

@@ -153,7 +153,8 @@ class SmallCNN(nn.Module):
 def mel_filterbank(
     n_fft: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None
 ) -> torch.Tensor:
-    """Triangular mel filters (HTK mel scale), ``[n_fft // 2 + 1, n_mels]``."""
+    """Triangular mel filters (HTK mel scale), ``[n_fft // 2 + 1, n_mels]``, computed in float64: equal
+    to ``transformers.audio_utils.mel_filter_bank(..., norm=None, mel_scale="htk")`` (tested)."""
     f_max = f_max or sample_rate / 2
 
     def to_mel(f: torch.Tensor) -> torch.Tensor:
@@ -165,7 +166,10 @@ def mel_filterbank(
     freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
     edges = to_hz(
         torch.linspace(
-            to_mel(torch.tensor(f_min)), to_mel(torch.tensor(f_max)), n_mels + 2, dtype=torch.float64
+            to_mel(torch.tensor(f_min, dtype=torch.float64)),
+            to_mel(torch.tensor(f_max, dtype=torch.float64)),
+            n_mels + 2,
+            dtype=torch.float64,
         )
     )
     lower, center, upper = edges[:-2], edges[1:-1], edges[2:]
