@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
 import sys
-import time
+import threading
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -16,12 +15,6 @@ import pytest
 
 import graft
 from graft.config import EvalConfig, RunConfig
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _request(url: str, body: bytes, kind: str) -> tuple[int, dict]:
@@ -35,23 +28,22 @@ def _request(url: str, body: bytes, kind: str) -> tuple[int, dict]:
 
 @contextlib.contextmanager
 def _serving(bundle):
-    """``graft serve BUNDLE`` in a subprocess on a free port: (base url, the loaded bundle)."""
-    port = _free_port()
+    """``graft serve BUNDLE --port 0`` in a subprocess: (base url, the loaded bundle). The server prints
+    its url once its socket listens; requests sent after that wait in the socket's queue."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "graft", "serve", str(bundle), "--port", str(port), "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "graft", "serve", str(bundle), "--port", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):  # up to 60 s for torch and the model to load
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.2)
+    seen = []
+    for line in process.stderr:  # blocks until the server says where it listens, or exits
+        seen.append(line)
+        if "graft: serving" in line:
+            base = line.split(" on ", 1)[1].split()[0]
+            break
     else:
         process.kill()
-        pytest.fail(f"the server did not start: {process.stderr.read().decode()[-2000:]}")
+        pytest.fail(f"the server did not start: {''.join(seen)[-2000:]}")
+    threading.Thread(target=seen.extend, args=(process.stderr,), daemon=True).start()  # keep the pipe drained
     try:
         yield base, graft.load(bundle)
     finally:
@@ -148,3 +140,12 @@ def test_image_models_take_uploads_and_name_an_undecodable_file(tmp_path):
             f"{base}/predict", json.dumps({"inputs": ["a text"]}).encode(), "application/json"
         )
         assert status == 422 and "takes image files" in body["detail"]
+
+
+def test_a_port_in_use_is_a_clear_error(server):
+    from graft.serve import serve
+
+    base, model = server
+    port = int(base.rsplit(":", 1)[1])
+    with pytest.raises(graft.ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
+        serve(model, port=port)

@@ -263,17 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_common(pr)
 
-    bb = sub.add_parser(
-        "backbones", help="list backbone sources, and timm / torchvision models with local weights",
-        description="List backbone sources. With a PATTERN, also the timm and torchvision models whose names "
-        "match it, each marked 'local' when its pretrained weights are already on this machine (usable "
-        "offline) or 'download' when they are not.",
-        epilog=BACKBONES_EXAMPLES,
-        formatter_class=raw,
-    )  # fmt: skip
-    bb.add_argument("pattern", nargs="?", default=None, help="fnmatch pattern over source and model names")
-    bb.add_argument("--json", action="store_true", help="machine-readable output")
-
+    _add_backbones(sub, raw)
     _add_pretrain(sub, raw)
     _add_demo(sub, raw)
     _add_rank(sub, raw)
@@ -364,6 +354,19 @@ def _add_curve(sub: Any, raw: type[argparse.HelpFormatter]) -> None:
     _add_config_options(cu, skip=("strategy", "evaluation"))
 
 
+def _add_backbones(sub: Any, raw: type[argparse.HelpFormatter]) -> None:
+    bb = sub.add_parser(
+        "backbones", help="list backbone sources, and timm / torchvision models with local weights",
+        description="List backbone sources. With a PATTERN, also the timm and torchvision models whose names "
+        "match it, each marked 'local' when its pretrained weights are already on this machine (usable "
+        "offline) or 'download' when they are not.",
+        epilog=BACKBONES_EXAMPLES,
+        formatter_class=raw,
+    )  # fmt: skip
+    bb.add_argument("pattern", nargs="?", default=None, help="fnmatch pattern over source and model names")
+    bb.add_argument("--json", action="store_true", help="machine-readable output")
+
+
 def _add_adapt(sub: Any, raw: type[argparse.HelpFormatter]) -> None:
     ad = sub.add_parser(
         "adapt", help="adapt a bundle to a new domain from unlabeled target data, chosen on evidence",
@@ -426,7 +429,7 @@ def _add_serve(sub: Any, raw: type[argparse.HelpFormatter]) -> None:
     )  # fmt: skip
     se.add_argument("bundle", help="bundle folder, or a run folder")
     se.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
-    se.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    se.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free one, printed)")
     se.add_argument("--max-batch", type=int, default=64, help="inputs scored together at most (default: 64)")
     _add_common(se)
 
@@ -803,10 +806,16 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     from graft.serve import serve
 
     model = load(args.bundle)
-    if not args.quiet:
-        print(f"graft: serving {args.bundle} on http://{args.host}:{args.port} (POST /predict; Ctrl-C stops)",
-              file=sys.stderr)  # fmt: skip
-    serve(model, host=args.host, port=args.port, max_batch=args.max_batch)
+
+    def ready(url: str) -> None:
+        if not args.quiet:
+            print(
+                f"graft: serving {args.bundle} on {url} (POST /predict; Ctrl-C stops)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    serve(model, host=args.host, port=args.port, max_batch=args.max_batch, ready=ready)
     return EXIT_OK
 
 

@@ -247,48 +247,16 @@ class Engine:
         torch.manual_seed(cfg.seed)
         history = History(metric=self.metric)
         start_phase, start_epoch, bad_epochs = 0, 0, 0
-        saved: dict[str, Any] | None = None
-        if resume:
-            saved = self._load_checkpoint(model)
-            if saved is not None:
-                history = History.from_dict(saved["history"])
-                history.resumed_from_epoch = len(history.epochs)
-                start_phase, start_epoch = saved["phase_index"], saved["epoch_in_phase"]
-                bad_epochs = saved["bad_epochs"]
-                if history.stopped_early or bad_epochs >= cfg.patience:
-                    start_phase = len(phases)  # it had stopped early; only the bundle was missing
-                torch.set_rng_state(saved["rng"]["torch"])
-                if torch.cuda.is_available() and "cuda" in saved["rng"]:
-                    torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
-                self._say_resumed(history, sum(p.epochs for p in phases))
-
-        sampler = (
-            EpochShuffle(len(train_set), cfg.seed)
-            if lengths is None
-            else LengthGroupedShuffle(lengths, cfg.batch_size, cfg.seed)
+        saved = self._load_checkpoint(model) if resume else None
+        if saved is not None:
+            history, start_phase, start_epoch, bad_epochs = self._resumed(saved, phases)
+        sampler, train_loader, val_loader = self._loaders(
+            accelerator, train_set, val_set, collate, val_collate or collate, workers, lengths
         )
-        loading = {"num_workers": workers, "prefetch_factor": 4 if workers else None}
-        train_loader = torch.utils.data.DataLoader(
-            train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, **loading
-        )
-        train_loader = accelerator.prepare(train_loader)
-        val_loader = None
-        if val_set is not None:
-            val_loader = accelerator.prepare(
-                torch.utils.data.DataLoader(
-                    val_set, batch_size=cfg.batch_size * 2, collate_fn=val_collate or collate, **loading
-                )
-            )
         best_state = self._best_state_from_disk() if saved is not None else None
         if saved is None and initial_metric is not None and val_loader is not None:
             history.best_metric, history.best_epoch = initial_metric, 0
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            if self.checkpoint_dir is not None and accelerator.is_main_process:
-                self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-                save_tensors(best_state, self.checkpoint_dir / "best.safetensors.tmp")
-                (self.checkpoint_dir / "best.safetensors.tmp").replace(
-                    self.checkpoint_dir / "best.safetensors"
-                )
+            best_state = self._keep_starting_weights(accelerator, model)
         wrapped = None
 
         for pi, phase in enumerate(phases):
@@ -297,16 +265,7 @@ class Engine:
             if max_epochs is not None and len(history.epochs) >= max_epochs:
                 break
             phase.enter(model)
-            groups = phase.param_groups(model)
-            optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-            # One schedule over every phase: a group unfrozen in a later phase joins at the current
-            # rate, and the rate continues across the unfreeze instead of warming up again.
-            steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
-            done_before = steps_per_epoch * sum(p.epochs for p in phases[:pi])
-            total_steps = steps_per_epoch * sum(p.epochs for p in phases)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, _schedule(total_steps, cfg.warmup_ratio, offset=done_before)
-            )
+            groups, optimizer, scheduler = self._optimizer(model, phases, pi, len(train_loader))
             first_epoch = 0
             if saved is not None and pi == start_phase:
                 _restore_optimizer(optimizer, scheduler, groups, saved)
@@ -334,15 +293,10 @@ class Engine:
                 else:  # no validation: the last epoch is the model
                     val_loss, val_metric, improved = math.nan, math.nan, True
                 record = EpochRecord(
-                    phase=phase.name,
-                    epoch=global_epoch,
-                    train_loss=train_loss,
-                    val_loss=val_loss,
-                    val_metric=val_metric,
-                    lr=scheduler.get_last_lr()[0],
-                    seconds=time.perf_counter() - t0,
+                    phase=phase.name, epoch=global_epoch, train_loss=train_loss, val_loss=val_loss,
+                    val_metric=val_metric, lr=scheduler.get_last_lr()[0], seconds=time.perf_counter() - t0,
                     best=improved,
-                )
+                )  # fmt: skip
                 history.epochs.append(record)
                 if improved:
                     history.best_metric, history.best_epoch, bad_epochs = val_metric, global_epoch, 0
@@ -368,6 +322,68 @@ class Engine:
             model.load_state_dict(best_state)
         model.eval()  # dropout off for whatever uses the model next (without validation it was training)
         return history
+
+    def _optimizer(self, model: nn.Module, phases: Sequence[EnginePhase], pi: int, batches: int) -> tuple:
+        """(parameter groups, AdamW, scheduler) of phase ``pi``. One schedule spans every phase: a group
+        unfrozen in a later phase joins at the current rate, and the rate continues across the unfreeze
+        instead of warming up again."""
+        cfg = self.config
+        groups = phases[pi].param_groups(model)
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        steps_per_epoch = math.ceil(batches / cfg.grad_accum)
+        done_before = steps_per_epoch * sum(p.epochs for p in phases[:pi])
+        total_steps = steps_per_epoch * sum(p.epochs for p in phases)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _schedule(total_steps, cfg.warmup_ratio, offset=done_before)
+        )
+        return groups, optimizer, scheduler
+
+    def _resumed(self, saved: dict[str, Any], phases: Sequence[EnginePhase]) -> tuple[History, int, int, int]:
+        """(history, phase, epoch in phase, epochs without improvement) of a checkpoint, with the random
+        state it recorded restored."""
+        history = History.from_dict(saved["history"])
+        history.resumed_from_epoch = len(history.epochs)
+        start_phase, start_epoch = saved["phase_index"], saved["epoch_in_phase"]
+        bad_epochs = saved["bad_epochs"]
+        if history.stopped_early or bad_epochs >= self.config.patience:
+            start_phase = len(phases)  # it had stopped early; only the bundle was missing
+        torch.set_rng_state(saved["rng"]["torch"])
+        if torch.cuda.is_available() and "cuda" in saved["rng"]:
+            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+        self._say_resumed(history, sum(p.epochs for p in phases))
+        return history, start_phase, start_epoch, bad_epochs
+
+    def _loaders(self, accelerator, train_set, val_set, collate, val_collate, workers, lengths) -> tuple:
+        """(sampler, prepared training loader, prepared validation loader or ``None``)."""
+        cfg = self.config
+        sampler = (
+            EpochShuffle(len(train_set), cfg.seed)
+            if lengths is None
+            else LengthGroupedShuffle(lengths, cfg.batch_size, cfg.seed)
+        )
+        loading = {"num_workers": workers, "prefetch_factor": 4 if workers else None}
+        train_loader = accelerator.prepare(
+            torch.utils.data.DataLoader(
+                train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, **loading
+            )
+        )
+        val_loader = None
+        if val_set is not None:
+            val_loader = accelerator.prepare(
+                torch.utils.data.DataLoader(
+                    val_set, batch_size=cfg.batch_size * 2, collate_fn=val_collate, **loading
+                )
+            )
+        return sampler, train_loader, val_loader
+
+    def _keep_starting_weights(self, accelerator, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The model's weights as given, kept (and checkpointed) as the best so far."""
+        best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        if self.checkpoint_dir is not None and accelerator.is_main_process:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            save_tensors(best_state, self.checkpoint_dir / "best.safetensors.tmp")
+            (self.checkpoint_dir / "best.safetensors.tmp").replace(self.checkpoint_dir / "best.safetensors")
+        return best_state
 
     # ------------------------------------------------------------------------------------------
     def _train_epoch(self, accelerator, wrapped, model, phase, optimizer, scheduler, loader, loss_fn, desc):

@@ -104,15 +104,13 @@ def cross_validated(
     ``--repeats`` the whole estimate runs again on other folds: the metrics are then the mean over
     repeats (their spread reported), the intervals, plots and tables those of the first repeat."""
     pool, k = protocol.pool, len(protocol.outer)
-    results, record = [], {}
-    for repeat, outer in enumerate([protocol.outer, *protocol.outer_repeats]):
-        label = (
-            f"repeat {repeat + 1} of {1 + len(protocol.outer_repeats)}, " if protocol.outer_repeats else ""
-        )
+    results, record, runs = [], {}, [protocol.outer, *protocol.outer_repeats]
+    # reported: the shipped model's temperature and thresholds; the rows were scored with their fold's
+    shipped = temperature(bench, protocol, choice), label_thresholds(bench, protocol, choice, trained)
+    for repeat, outer in enumerate(runs):
+        label = f"repeat {repeat + 1} of {len(runs)}, " if len(runs) > 1 else ""
         pooled, baselines, record = _one_pass(bench, protocol, outer, spent / k, label)
-        # reported: the shipped model's temperature and thresholds; the rows were scored with their fold's
-        pooled.calibration = temperature(bench, protocol, choice)
-        pooled.thresholds = label_thresholds(bench, protocol, choice, trained)
+        pooled.calibration, pooled.thresholds = shipped
         results.append(evaluate(bench, protocol, choice, trained, pooled, pool, pool.targets, baselines))
     result = results[0]
     result.split = f"{k}-fold cross-validated"

@@ -166,8 +166,32 @@ async def _read_request(request: Any, model: Model, folder: Path) -> list[Any]:
     return paths
 
 
-def serve(model: Model, *, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64) -> None:
-    """Serve ``model`` until interrupted."""
+def serve(
+    model: Model,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_batch: int = 64,
+    ready: Any = None,
+) -> None:
+    """Serve ``model`` until interrupted. The socket is bound and listening before ``ready(url)`` is
+    called (``port`` 0: the system picks one, and the url says which), so a client that connects after
+    it is queued even while the server is still starting."""
+    import socket
+
     import uvicorn
 
-    uvicorn.run(create_app(model, max_batch=max_batch), host=host, port=port, log_level="warning")
+    from graft.errors import ConfigError
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port") from None
+    sock.listen(2048)
+    if ready is not None:
+        ready(f"http://{host}:{sock.getsockname()[1]}")
+    server = uvicorn.Server(uvicorn.Config(create_app(model, max_batch=max_batch), log_level="warning"))
+    server.run(sockets=[sock])
