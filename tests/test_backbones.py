@@ -11,7 +11,7 @@ from graft.errors import ConfigError, ContractError
 
 
 def test_registry_lists_and_matches():
-    names = ["arch", "bundle", "hf", "minilm", "mpnet", "timm", "torchvision"]
+    names = ["arch", "bundle", "ge2e", "hf", "minilm", "mpnet", "timm", "torchvision"]
     assert [s.name for s in list_backbones()] == names
     assert [s.name for s in list_backbones("mini*")] == ["minilm"]
 
@@ -81,6 +81,19 @@ def test_modality_mismatch_names_both():
 
     with pytest.raises(ContractError, match=r"pretrained on image but data.csv holds text"):
         check_modality("text", Contract("image"), "resnet", "data.csv")
+
+
+def test_float16_checkpoint_loads_as_float32(tmp_path, tiny_bert_dir):
+    """transformers 5 keeps a checkpoint's dtype; graft trains float32 masters (and CPUs have no
+    float16 layer norm), so an hf: folder saved in float16 still gives a float32 backbone."""
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = tmp_path / "half"
+    AutoModel.from_pretrained(tiny_bert_dir).half().save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(folder)
+    bb = create_backbone(f"hf:{folder}")
+    assert {p.dtype for p in bb.parameters()} == {torch.float32}
+    assert bb(bb.preprocess(["the movie"])).dtype == torch.float32
 
 
 def test_sentence_transformers_pooling_config_is_read(tmp_path, tiny_bert_dir):

@@ -241,7 +241,9 @@ def load_hf_text(path_or_id: str, *, source: str, max_length: int | None = None)
     try:
         with _quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(name)
-            model = AutoModel.from_pretrained(name)
+            # float32 whatever the checkpoint stores (transformers 5 would keep float16 weights, which
+            # CPUs cannot run and mixed precision expects as float32 masters)
+            model = AutoModel.from_pretrained(name, dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise hf_load_error(exc, source, local) from None
     if not hasattr(model.config, "hidden_size"):

@@ -429,7 +429,7 @@ def load_hf_media(
             config = AutoConfig.from_pretrained(name)
             _check_config(config, modality, source)
             processor = _load_processor(name, local, modality)
-            model, info = AutoModel.from_pretrained(name, output_loading_info=True)
+            model, info = AutoModel.from_pretrained(name, output_loading_info=True, dtype=torch.float32)
     except ConfigError:
         raise
     except (OSError, ValueError, KeyError) as exc:
