@@ -16,6 +16,9 @@ $(BIN)/python:
 # Reinstall only when the project's dependencies change.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# The GE2E speaker encoder's weights (--backbone ge2e) ship in resemblyzer; --no-deps because its
+	# declared webrtcvad builds from source (webrtcvad-wheels, a dependency above, is the same module).
+	$(BIN)/python -m pip install --quiet --no-deps "resemblyzer==0.1.4"
 	touch $(STAMP)
 
 demo: $(STAMP)

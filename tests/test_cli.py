@@ -67,7 +67,7 @@ def test_internal_error_exit_1(monkeypatch, capsys):
 def test_backbones_lists_sources(capsys):
     assert main(["backbones", "--json"]) == 0
     names = [b["name"] for b in json.loads(capsys.readouterr().out)]
-    assert names == ["arch", "bundle", "hf", "minilm", "mpnet", "timm", "torchvision"]
+    assert names == ["arch", "bundle", "ge2e", "hf", "minilm", "mpnet", "timm", "torchvision"]
 
 
 def test_fit_evaluate_predict_end_to_end(tiny_source, sentiment_csv, tmp_path, capsys):

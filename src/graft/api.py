@@ -390,7 +390,7 @@ def fit(
             of ``train/ val/ test/`` trees), a table with a path column, or a list of paths with
             ``labels``.
         backbone: a source spec (default ``minilm``; ``hf:<folder>``, ``timm:<name>``,
-            ``torchvision:<name>``, ``arch:<name>``, ``bundle:<path>``) or a :class:`Backbone`
+            ``torchvision:<name>``, ``arch:<name>``, ``ge2e``, ``bundle:<path>``) or a :class:`Backbone`
             (e.g. from :meth:`Backbone.from_module`).
         path_col, label_regex, weights: see :class:`DataConfig` and :class:`BackboneConfig`.
         strategy: ``auto`` (default), ``linear_probe``, ``partial`` or ``full``.

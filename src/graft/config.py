@@ -187,15 +187,15 @@ class BackboneConfig:
         default="minilm",
         metadata=_help(
             "pretrained backbone: minilm (packaged all-MiniLM-L6-v2), hf:<hub-id-or-folder>, "
-            "timm:<name>, torchvision:<name>, arch:<name> (graft's own architectures), bundle:<path> "
-            "(see `graft backbones`)",
+            "timm:<name>, torchvision:<name>, arch:<name> (graft's own architectures), ge2e (a pretrained "
+            "speaker encoder), bundle:<path> (see `graft backbones`)",
             flag="--backbone",
         ),
     )
     weights: str | None = field(
         default=None,
         metadata=_help(
-            "local weights for timm:/torchvision:/arch: backbones (.safetensors, or .pth/.pt/.th read "
+            "local weights for timm:/torchvision:/arch:/ge2e backbones (.safetensors, or .pth/.pt/.th read "
             "with weights_only); without it timm/torchvision try the hub, arch: starts from random weights"
         ),
     )

@@ -92,10 +92,7 @@ def export_onnx(
         keys = list(batch)
         calibration = model.manifest_.get("calibration") or {}
         graph = _Graph(network, keys, calibration.get("temperature")).eval()
-        text = model.modality == "text"
-        axes = {
-            k: ({0: "batch", 1: "sequence"} if text and batch[k].dim() > 1 else {0: "batch"}) for k in keys
-        }
+        axes = network.backbone.onnx_axes(batch)
         output = "values" if model.task == "regression" else "probabilities"
         tmp = Path(scratch) / out.name
         with torch.no_grad(), warnings.catch_warnings():
@@ -119,7 +116,7 @@ def export_onnx(
         sidecar = out.with_suffix(".contract.json")
         sidecar.write_text(json.dumps(contract, indent=1, default=str), encoding="utf-8")
         files.append(str(sidecar))
-        if text:
+        if model.modality == "text":
             files.append(str(_save_tokenizer(network.backbone, out.with_suffix(".tokenizer"))))
     return ExportResult(out, keys, output, difference, len(examples), files)
 

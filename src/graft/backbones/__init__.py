@@ -7,7 +7,7 @@ backbones costs nothing, and :func:`source_modality` tells a source's input type
 
 Example:
     >>> [s.name for s in list_backbones()]
-    ['arch', 'bundle', 'hf', 'minilm', 'mpnet', 'timm', 'torchvision']
+    ['arch', 'bundle', 'ge2e', 'hf', 'minilm', 'mpnet', 'timm', 'torchvision']
     >>> create_backbone("minlm")
     Traceback (most recent call last):
     ...
@@ -114,12 +114,12 @@ def create_backbone(spec: str, *, max_length: int | None = None, weights: str | 
         spec: ``minilm``, ``hf:<hub-id-or-folder>``, ``timm:<name>``, ``torchvision:<name>``,
             ``arch:<name>`` or ``bundle:<path>``.
         max_length: cap on tokens per text (text backbones); default is the backbone's own limit.
-        weights: a local weights file (timm, torchvision and arch sources).
+        weights: a local weights file (timm, torchvision, arch and ge2e sources).
     """
     entry, argument = parse_source(spec)
-    if weights is not None and entry.name not in ("timm", "torchvision", "arch"):
+    if weights is not None and entry.name not in ("timm", "torchvision", "arch", "ge2e"):
         raise ConfigError(
-            f"--weights applies to timm:, torchvision: and arch: backbones, not {entry.name}: "
+            f"--weights applies to timm:, torchvision:, arch: and ge2e backbones, not {entry.name}: "
             "(an hf: folder or a bundle carries its own weights)"
         )
     return entry.create(argument, {"max_length": max_length, "weights": weights})
@@ -222,6 +222,18 @@ def _arch_modality(argument: str) -> str:
     return get_architecture(argument).modality
 
 
+def _ge2e(argument: str | None, options: dict[str, Any]) -> Backbone:
+    from graft.backbones.ge2e import load_ge2e
+
+    return load_ge2e(options.get("weights"))
+
+
+def _ge2e_saved(folder: Path, spec: dict[str, Any], module: Any = None) -> Backbone:
+    from graft.backbones.ge2e import GE2EBackbone
+
+    return GE2EBackbone.from_saved(folder, spec)
+
+
 def _module_saved(folder: Path, spec: dict[str, Any], module: Any = None) -> Backbone:
     from graft.backbones.module import rebuild
 
@@ -291,6 +303,13 @@ register_backbone(
     modality_of=_arch_modality,
 )
 register_backbone(
+    "ge2e",
+    _ge2e,
+    modality="audio",
+    description="GE2E speaker encoder (resemblyzer; VoxCeleb + LibriSpeech): 3-layer LSTM on 40-band mels "
+    "of 16 kHz audio, 256-d speaker embeddings; weights from the resemblyzer package or --weights FILE",
+)
+register_backbone(
     "bundle",
     _bundle,
     modality="any",
@@ -301,6 +320,7 @@ register_backbone(
 )
 register_saved_kind("hf_text", _hf_saved)
 register_saved_kind("hf_media", _hf_media_saved)
+register_saved_kind("ge2e", _ge2e_saved)
 for _kind in ("arch", "module", "timm", "torchvision"):
     register_saved_kind(_kind, _module_saved)
 

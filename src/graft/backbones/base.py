@@ -114,6 +114,15 @@ class Backbone(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def onnx_axes(self, batch: dict[str, torch.Tensor]) -> dict[str, dict[int, str]]:
+        """The dynamic axes of each input tensor in an exported graph: the batch, and the sequence of
+        text tensors."""
+        text = self.contract.modality == "text"
+        return {
+            k: ({0: "batch", 1: "sequence"} if text and v.dim() > 1 else {0: "batch"})
+            for k, v in batch.items()
+        }
+
     def count_truncated(self, examples: list[Any]) -> int:
         """How many examples preprocessing would cut short (0 where nothing is truncated)."""
         return 0

@@ -33,7 +33,9 @@ from graft.errors import ConfigError
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".th", ".bin", ".ckpt")
 # Keys under which training scripts commonly nest the state dict.
-_NESTED = ("state_dict", "model_state_dict", "model", "module", "net", "network", "ema", "params")
+_NESTED = (
+    "state_dict", "model_state_dict", "model_state", "model", "module", "net", "network", "ema", "params"
+)  # fmt: skip
 
 
 def _unreadable_weights(path: Path, exc: Exception) -> str:
