@@ -354,7 +354,12 @@ def read_media_inputs(
     for i, value in enumerate(values):
         kind = media_modality(value)
         if kind != modality:
-            what = f"{kind} file" if kind else "not a file name"
+            suffix = Path(value).suffix
+            what = (
+                f"{kind} file"
+                if kind
+                else (f"a {suffix} file" if suffix else "no file name with a known extension")
+            )
             raise ContractError(
                 f"input {i} ({value[:80]!r}): this model takes {modality} files (modality {modality!r}); "
                 f"got {what}. Use a model trained on that kind of data"
