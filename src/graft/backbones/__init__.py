@@ -112,7 +112,7 @@ def create_backbone(spec: str, *, max_length: int | None = None, weights: str | 
 
     Args:
         spec: ``minilm``, ``hf:<hub-id-or-folder>``, ``timm:<name>``, ``torchvision:<name>``,
-            ``arch:<name>`` or ``bundle:<path>``.
+            ``arch:<name>``, ``ge2e`` or ``bundle:<path>``.
         max_length: cap on tokens per text (text backbones); default is the backbone's own limit.
         weights: a local weights file (timm, torchvision, arch and ge2e sources).
     """
