@@ -339,7 +339,7 @@ def load_ge2e(weights: str | None = None) -> GE2EBackbone:
     """The pretrained encoder (see :func:`weights_file`)."""
     from graft.backbones.module import load_weights
 
-    backbone = GE2EBackbone(source="ge2e" if weights is None else f"ge2e (weights {weights})")
+    backbone = GE2EBackbone()  # the weights themselves are recorded by their sha256 in a bundle
     load_weights(
         backbone.encoder, weights_file(weights), skip_prefixes=("similarity_weight", "similarity_bias")
     )
