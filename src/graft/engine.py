@@ -282,24 +282,13 @@ class Engine:
                     break
                 global_epoch = len(history.epochs) + 1
                 sampler.start_epoch(global_epoch)
-                t0 = time.perf_counter()
-                train_loss = self._train_epoch(
-                    accelerator, wrapped, model, phase, prepared_opt, scheduler, train_loader, loss_fn,
-                    f"epoch {global_epoch} [{phase.name}]",
-                )  # fmt: skip
-                if val_loader is not None:
-                    val_loss, val_metric = self.evaluate(accelerator, wrapped, val_loader, loss_fn, metric_fn)
-                    improved = val_metric > history.best_metric
-                else:  # no validation: the last epoch is the model
-                    val_loss, val_metric, improved = math.nan, math.nan, True
-                record = EpochRecord(
-                    phase=phase.name, epoch=global_epoch, train_loss=train_loss, val_loss=val_loss,
-                    val_metric=val_metric, lr=scheduler.get_last_lr()[0], seconds=time.perf_counter() - t0,
-                    best=improved,
+                record = self._epoch(
+                    accelerator, wrapped, model, phase, prepared_opt, scheduler, (train_loader, val_loader),
+                    loss_fn, metric_fn, global_epoch, history.best_metric,
                 )  # fmt: skip
                 history.epochs.append(record)
-                if improved:
-                    history.best_metric, history.best_epoch, bad_epochs = val_metric, global_epoch, 0
+                if record.best:
+                    history.best_metric, history.best_epoch, bad_epochs = record.val_metric, global_epoch, 0
                     best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 else:
                     bad_epochs += 1
@@ -310,7 +299,7 @@ class Engine:
                     model, optimizer, scheduler, groups, history,
                     phase_index=pi if epoch + 1 < phase.epochs else pi + 1,
                     epoch_in_phase=epoch + 1 if epoch + 1 < phase.epochs else 0,
-                    bad_epochs=bad_epochs, best_state=best_state if improved else None,
+                    bad_epochs=bad_epochs, best_state=best_state if record.best else None,
                 )  # fmt: skip
                 for cb in self.callbacks:
                     cb.on_epoch_end(record, history)
@@ -322,6 +311,28 @@ class Engine:
             model.load_state_dict(best_state)
         model.eval()  # dropout off for whatever uses the model next (without validation it was training)
         return history
+
+    def _epoch(
+        self, accelerator, wrapped, model, phase, optimizer, scheduler, loaders, loss_fn, metric_fn,
+        epoch: int, best_metric: float,
+    ) -> EpochRecord:  # fmt: skip
+        """One epoch of training, then validation; ``best`` says whether it beat ``best_metric``
+        (always, without validation: the last epoch is the model)."""
+        train_loader, val_loader = loaders
+        t0 = time.perf_counter()
+        train_loss = self._train_epoch(
+            accelerator, wrapped, model, phase, optimizer, scheduler, train_loader, loss_fn,
+            f"epoch {epoch} [{phase.name}]",
+        )  # fmt: skip
+        if val_loader is not None:
+            val_loss, val_metric = self.evaluate(accelerator, wrapped, val_loader, loss_fn, metric_fn)
+            improved = val_metric > best_metric
+        else:
+            val_loss, val_metric, improved = math.nan, math.nan, True
+        return EpochRecord(
+            phase=phase.name, epoch=epoch, train_loss=train_loss, val_loss=val_loss, val_metric=val_metric,
+            lr=scheduler.get_last_lr()[0], seconds=time.perf_counter() - t0, best=improved,
+        )  # fmt: skip
 
     def _optimizer(self, model: nn.Module, phases: Sequence[EnginePhase], pi: int, batches: int) -> tuple:
         """(parameter groups, AdamW, scheduler) of phase ``pi``. One schedule spans every phase: a group
