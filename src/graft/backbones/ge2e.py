@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.signal import get_window
 from torch import nn
 
 from graft.backbones.base import Backbone, Contract, LayerGroup
@@ -165,16 +166,11 @@ def slaney_filterbank(n_fft: int = N_FFT, n_mels: int = N_MELS, sample_rate: int
 
 
 _FILTERS = slaney_filterbank()
-_WINDOW: np.ndarray | None = None
+_WINDOW = get_window("hann", N_FFT, fftbins=True)  # periodic Hann, float64, as librosa's
 
 
 def mel_frames(wave: np.ndarray) -> np.ndarray:
     """Power mel spectrogram ``[frames, 40]`` float32 of a 16 kHz float32 wave (centred frames)."""
-    global _WINDOW
-    if _WINDOW is None:
-        from scipy.signal import get_window
-
-        _WINDOW = get_window("hann", N_FFT, fftbins=True)  # periodic Hann, float64, as librosa's
     padded = np.pad(wave, N_FFT // 2)
     frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP]
     power = np.abs(np.fft.rfft(_WINDOW * frames, axis=-1).astype(np.complex64)) ** 2
@@ -195,8 +191,6 @@ class GE2EPreprocess:
     augment: str = "none"
 
     modality = "audio"
-    input_key = "mels"
-    sample_rate = SAMPLE_RATE
 
     def __post_init__(self) -> None:
         if not 0.625 <= self.rate <= SAMPLE_RATE / HOP:
@@ -296,7 +290,7 @@ class GE2EBackbone(Backbone):
         self.encoder = SpeakerEncoder()
         self._preprocess = preprocess or GE2EPreprocess()
         self.source = source
-        self.contract = Contract("audio", self._preprocess.to_dict())
+        self.contract = Contract(self._preprocess.modality, self._preprocess.to_dict())
 
     def preprocess(self, examples: list[Any]) -> dict[str, torch.Tensor]:
         return self._preprocess(examples)
