@@ -1,6 +1,6 @@
 """report.html opens in a real headless Chromium with no console messages and every plot rendered.
 
-Chromium comes from Debian's ``chromium`` package (``.ci/run`` installs it when missing); without it
+Chromium comes from Debian's ``chromium`` package (``make test`` installs it when missing); without it
 this test fails rather than skips, so a report nobody can see is never called done."""
 
 from __future__ import annotations
