@@ -1,19 +1,32 @@
-"""Contrastive body tuning: the loss against a naive oracle, label-aware batches, the step loop, tune_body."""
+"""Contrastive body tuning: the loss against a naive oracle, label-aware batches, the step loop, tune_body,
+checkpoints and resume."""
 
 from __future__ import annotations
 
+import copy
+import csv
 import itertools
+import json
 import math
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from graft.api import fit
 from graft.backbones import create_backbone
+from graft.config import DataConfig, EvalConfig, RunConfig, StrategyConfig, TrainConfig
 from graft.contrastive import label_batches, supcon_loss, tune_body
-from graft.engine import train_steps
+from graft.data import Dataset, build_dataset
+from graft.engine import Callback, train_steps
 from graft.errors import ConfigError, DataError, GraftError
+from graft.recipe import Workbench
+from graft.serialization import load_tensors
+from graft.strategies import get_strategy
 from tests.conftest import make_sentiment
 
 
@@ -111,7 +124,7 @@ def test_train_steps_moves_parameters_and_reports_each_step():
     x, y = torch.randn(16, 4), torch.randn(16, 1)
     seen = []
     groups = [{"params": net.parameters(), "lr": 0.05}]
-    losses = train_steps(net, groups, itertools.repeat((x, y)), nn.functional.mse_loss, steps=10,
+    losses = train_steps(net, groups, lambda done: itertools.repeat((x, y)), nn.functional.mse_loss, steps=10,
                          on_step=seen.append)  # fmt: skip
     assert seen == list(range(1, 11)) and len(losses) == 10
     assert losses[-1] < losses[0]
@@ -121,7 +134,7 @@ def test_train_steps_moves_parameters_and_reports_each_step():
 def test_train_steps_stops_when_batches_run_out():
     net = nn.Linear(2, 1)
     batch = (torch.randn(4, 2), torch.randn(4, 1))
-    losses = train_steps(net, [{"params": net.parameters(), "lr": 1e-2}], [batch] * 3,
+    losses = train_steps(net, [{"params": net.parameters(), "lr": 1e-2}], lambda done: [batch] * 3,
                          nn.functional.mse_loss, steps=10)  # fmt: skip
     assert len(losses) == 3
 
@@ -130,11 +143,11 @@ def test_train_steps_refuses_a_diverging_loss_and_groups_without_lr():
     net = nn.Linear(2, 1)
     batch = (torch.randn(4, 2), torch.randn(4, 1))
     with pytest.raises(GraftError, match="lower the learning rate"):
-        train_steps(net, [{"params": net.parameters(), "lr": 1e-2}], itertools.repeat(batch),
+        train_steps(net, [{"params": net.parameters(), "lr": 1e-2}], lambda done: itertools.repeat(batch),
                     lambda out, y: out.sum() * float("nan"), steps=2)  # fmt: skip
     with pytest.raises(ConfigError, match="'lr'"):
-        train_steps(net, [{"params": net.parameters()}], itertools.repeat(batch), nn.functional.mse_loss,
-                    steps=2)  # fmt: skip
+        train_steps(net, [{"params": net.parameters()}], lambda done: itertools.repeat(batch),
+                    nn.functional.mse_loss, steps=2)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +219,159 @@ def test_tune_body_refuses_bad_settings_and_data(tiny_backbone, tiny_data):
         tune_body(tiny_backbone, texts, labels[:-1], steps=2, lr=1e-3)
     with pytest.raises(DataError, match="2 classes"):
         tune_body(tiny_backbone, texts[:3], ["a", "b", "c"], steps=2, lr=1e-3)
+
+
+# -- checkpoints and resume ------------------------------------------------------------------------
+
+
+class StopAtStep(Callback):
+    """Simulates Ctrl-C after a given step of a step loop (its checkpoint, if one was due, is written)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, step: int, loss: float) -> None:
+        if step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_tune_body_resumes_bit_for_bit_from_its_last_checkpoint(tiny_backbone, tiny_data, tmp_path):
+    """16 steps checkpoint every 2: stopped after step 5, the tuning resumes from step 4's checkpoint,
+    trains step 5 again and ends with every snapshot equal to an uninterrupted tuning's, to the bit."""
+    texts, labels = tiny_data
+    start = copy.deepcopy(tiny_backbone)
+
+    def tune(**kw):
+        return tune_body(copy.deepcopy(start), texts, labels, steps=16, lr=1e-3, batch_size=8,
+                         snapshot_at=(3, 10), **kw)  # fmt: skip
+
+    straight = tune()
+    folder = tmp_path / "contrastive"
+    with pytest.raises(KeyboardInterrupt):
+        tune(checkpoint_dir=folder, callbacks=[StopAtStep(5)])
+    state = json.loads((folder / "last" / "state.json").read_text())
+    assert state["step"] == 4 and len(state["losses"]) == 4
+    assert (folder / "snapshot-3.safetensors").is_file()  # taken before the checkpoint it predates
+
+    resumed = tune(checkpoint_dir=folder, resume=True)
+    assert json.loads((folder / "last" / "state.json").read_text())["step"] == 10  # the last step's
+    again = tune(checkpoint_dir=folder, resume=True)  # a finished tuning: nothing left to train
+    for snaps in (resumed, again):
+        assert sorted(snaps) == [3, 10]
+        for step in (3, 10):
+            for name, tensor in straight[step].items():
+                assert torch.equal(tensor, snaps[step][name]), (step, name)
+    assert not torch.equal(straight[10]["model.embeddings.word_embeddings.weight"],
+                           start.state_dict()["model.embeddings.word_embeddings.weight"])  # fmt: skip
+
+
+def _bench(source: str, checkpoints: Path, *, resume: bool, callbacks=()) -> tuple[Workbench, Dataset]:
+    rows = make_sentiment(6)
+    ds = build_dataset([t for t, _ in rows], [y for _, y in rows])
+    cfg = RunConfig(strategy=StrategyConfig(kind="contrastive", contrastive_steps=4))
+    bench = Workbench(create_backbone(source), cfg, ds.task, ds.label_space, progress=True,
+                      checkpoint_dir=checkpoints, resume=resume, callbacks=callbacks)  # fmt: skip
+    return bench, ds
+
+
+def test_only_the_runs_own_tuning_checkpoints_and_a_resume_without_one_says_so(tiny_source, tmp_path, capsys):
+    strategy = get_strategy("contrastive")
+    bench, ds = _bench(tiny_source, tmp_path / "checkpoints", resume=True, callbacks=[StopAtStep(1)])
+    strategy.train(bench, ds, None, {"steps": 2})  # a fold's model: no checkpoint, no callback
+    assert not (tmp_path / "checkpoints").exists()
+    capsys.readouterr()
+
+    bench.callbacks = []
+    with bench.checkpointing():
+        tuned = strategy.train(bench, ds, None, {"steps": 2})
+    folder = tmp_path / "checkpoints" / "contrastive"
+    err = capsys.readouterr().err
+    assert f"resume: no checkpoint in {folder}; starting contrastive body tuning from its first step" in err
+    assert json.loads((folder / "last" / "state.json").read_text())["step"] == 2
+    with bench.checkpointing():
+        again = strategy.train(bench, ds, None, {"steps": 2})
+    assert (
+        f"resuming contrastive body tuning after step 2 of 4 from {folder / 'last'}"
+        in capsys.readouterr().err
+    )
+    for name, tensor in tuned.network.backbone.state_dict().items():
+        assert torch.equal(tensor, again.network.backbone.state_dict()[name]), name
+
+
+def _fit_config() -> RunConfig:
+    # no --val: the steps are chosen on 3 folds, where the full schedule (8) wins ties; as in KILLED_RUN
+    return RunConfig(
+        data=DataConfig(estimate="holdout"), evaluation=EvalConfig(baselines="none"),
+        strategy=StrategyConfig(kind="contrastive", contrastive_steps=8), train=TrainConfig(seed=1),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_source, tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """(the training file, the bundle's weights) of a contrastive fit that ran through."""
+    folder = tmp_path_factory.mktemp("contrastive-fit")
+    data = folder / "sentiment.csv"
+    with open(data, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("text", "label"), *make_sentiment(40)])
+    model = fit(data, backbone=tiny_source, config=_fit_config(), out=folder / "a", progress=False)
+    assert model.report_.strategy["settings"]["steps"] == 8  # the shipped body was tuned
+    return data, load_tensors(folder / "a" / "bundle" / "model.safetensors")
+
+
+def _assert_same_weights(bundle: Path, expected: dict[str, torch.Tensor]) -> None:
+    got = load_tensors(bundle / "model.safetensors")
+    assert set(got) == set(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(tensor, got[name]), name
+
+
+def test_an_interrupted_contrastive_fit_resumes_to_the_same_model(
+    tiny_source, uninterrupted, tmp_path, capsys
+):
+    data, expected = uninterrupted
+    out = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        fit(data, backbone=tiny_source, config=_fit_config(), out=out, progress=False,
+            callbacks=[StopAtStep(3)])  # fmt: skip
+    checkpoints = out / "checkpoints"
+    assert [p.name for p in checkpoints.iterdir()] == ["contrastive"]  # the folds' tunings wrote none
+    assert sorted(p.name for p in (checkpoints / "contrastive" / "last").iterdir()) == [
+        "model.safetensors", "optimizer.safetensors", "state.json",
+    ]  # fmt: skip
+    assert json.loads((checkpoints / "contrastive" / "last" / "state.json").read_text())["step"] == 3
+    capsys.readouterr()
+
+    fit(data, backbone=tiny_source, config=_fit_config(), out=out, resume=True, progress=True)
+    assert "resuming contrastive body tuning after step 3 of 8" in capsys.readouterr().err
+    _assert_same_weights(out / "bundle", expected)
+    assert not checkpoints.exists()  # removed once the bundle is written
+
+
+KILLED_RUN = """
+import os, sys
+from graft.api import fit
+from graft.config import DataConfig, EvalConfig, RunConfig, StrategyConfig, TrainConfig
+from graft.engine import Callback
+
+class Kill(Callback):
+    def on_step_end(self, step, loss):
+        if step == 5:
+            os._exit(137)  # as abrupt as kill -9: no clean-up, no exception handlers
+
+cfg = RunConfig(data=DataConfig(estimate="holdout"), evaluation=EvalConfig(baselines="none"),
+                strategy=StrategyConfig(kind="contrastive", contrastive_steps=8), train=TrainConfig(seed=1))
+fit(sys.argv[1], backbone=sys.argv[2], config=cfg, out=sys.argv[3], progress=False,
+    callbacks=[Kill()] if sys.argv[4] == "kill" else [], resume=sys.argv[4] == "resume")
+"""
+
+
+@pytest.mark.slow
+def test_a_contrastive_fit_resumes_in_a_new_process_after_a_kill(tiny_source, uninterrupted, tmp_path):
+    data, expected = uninterrupted
+    run = [sys.executable, "-c", KILLED_RUN, str(data), tiny_source, str(tmp_path / "b")]
+    killed = subprocess.run([*run, "kill"], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 137, killed.stderr
+    assert not (tmp_path / "b" / "bundle").exists()
+    resumed = subprocess.run([*run, "resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same_weights(tmp_path / "b" / "bundle", expected)

@@ -83,6 +83,27 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(
     assert not (tmp_path / "b" / "checkpoints").exists()
 
 
+def test_a_resume_that_finds_no_checkpoint_says_so(tiny_source, sentiment_csv, val_csv, tmp_path, capsys):
+    """A run stopped before its training wrote a checkpoint (here: the checkpoint removed) restarts that
+    training from its first epoch, and says so instead of restarting silently."""
+    import shutil
+
+    out, cfg = tmp_path / "r", _config(epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(sentiment_csv, backbone=tiny_source, config=cfg, out=out, val=val_csv, progress=False,
+            callbacks=[Interrupt(after_epoch=1)])  # fmt: skip
+    shutil.rmtree(out / "checkpoints" / "full")
+    capsys.readouterr()
+    model = fit(
+        sentiment_csv, backbone=tiny_source, config=cfg, out=out, val=val_csv, resume=True, progress=True
+    )
+    err = capsys.readouterr().err
+    folder = out / "checkpoints" / "full"
+    assert f"resume: no checkpoint in {folder}; starting training from its first epoch" in err
+    assert "resuming after epoch" not in err
+    assert len(model.report_.history) == 2
+
+
 KILLED_RUN = """
 import os, sys
 from graft.api import fit

@@ -5,6 +5,8 @@ can ``enter`` the model, set its ``train_mode`` and give ``param_groups``, all w
 strategies), datasets, a collate function, a loss and a validation metric. It runs AdamW with linear
 warm-up and decay, gradient clipping and accumulation, AMP where the device has it, early stopping
 with the best weights restored, a checkpoint per epoch and resume.
+:func:`train_steps` is the plain step loop (one batch per optimiser step, no validation) that
+contrastive tuning runs; it checkpoints and resumes through the same functions.
 
 Checkpoints hold no pickle: weights and optimizer tensors in safetensors, the rest in JSON, and
 optimizer state is stored by parameter name so a resumed run re-binds it to the same parameters.
@@ -81,9 +83,14 @@ class History:
 
 
 class Callback:
-    """Hooks into the loop; ``on_epoch_end`` runs after the epoch's checkpoint is written."""
+    """Hooks into the loops: ``on_epoch_end`` runs after an :class:`Engine` epoch's checkpoint is
+    written, ``on_step_end`` after a step of :func:`train_steps` (contrastive tuning) and its checkpoint,
+    when one was due."""
 
     def on_epoch_end(self, record: EpochRecord, history: History) -> None:
+        pass
+
+    def on_step_end(self, step: int, loss: float) -> None:
         pass
 
 
@@ -268,7 +275,7 @@ class Engine:
             groups, optimizer, scheduler = self._optimizer(model, phases, pi, len(train_loader))
             first_epoch = 0
             if saved is not None and pi == start_phase:
-                _restore_optimizer(optimizer, scheduler, groups, saved)
+                restore_optimizer(optimizer, scheduler, groups, saved)
                 first_epoch = start_epoch
             if wrapped is None or accelerator.num_processes > 1:
                 # DDP records the trainable parameters when it wraps: wrap again after an unfreeze
@@ -358,9 +365,7 @@ class Engine:
         bad_epochs = saved["bad_epochs"]
         if history.stopped_early or bad_epochs >= self.config.patience:
             start_phase = len(phases)  # it had stopped early; only the bundle was missing
-        torch.set_rng_state(saved["rng"]["torch"])
-        if torch.cuda.is_available() and "cuda" in saved["rng"]:
-            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+        restore_rng(saved)
         self._say_resumed(history, sum(p.epochs for p in phases))
         return history, start_phase, start_epoch, bad_epochs
 
@@ -392,8 +397,7 @@ class Engine:
         best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         if self.checkpoint_dir is not None and accelerator.is_main_process:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            save_tensors(best_state, self.checkpoint_dir / "best.safetensors.tmp")
-            (self.checkpoint_dir / "best.safetensors.tmp").replace(self.checkpoint_dir / "best.safetensors")
+            save_weights(best_state, self.checkpoint_dir / "best.safetensors")
         return best_state
 
     # ------------------------------------------------------------------------------------------
@@ -448,12 +452,7 @@ class Engine:
         return float(loss_fn(outputs, targets)), float(metric_fn(outputs, targets))
 
     def _say(self, message: str) -> None:
-        """A line of progress on stderr (stdout is kept for results, e.g. ``--json``)."""
-        if not self.progress:
-            return
-        from tqdm.auto import tqdm
-
-        tqdm.write(message, file=sys.stderr)
+        _say(self.progress, message)
 
     def _say_resumed(self, history: History, total_epochs: int) -> None:
         done = len(history.epochs)
@@ -480,60 +479,100 @@ class Engine:
             return
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         if best_state is not None:
-            save_tensors(best_state, self.checkpoint_dir / "best.safetensors.tmp")
-            (self.checkpoint_dir / "best.safetensors.tmp").replace(self.checkpoint_dir / "best.safetensors")
-        opt_tensors, opt_meta = _optimizer_by_name(optimizer, groups)
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                rng[f"cuda.{i}"] = s
-        with atomic_directory(self.checkpoint_dir / "last") as tmp:
-            save_tensors(model.state_dict(), tmp / "model.safetensors")
-            save_tensors(
-                {**opt_tensors, **{f"rng.{k}": v for k, v in rng.items()}}, tmp / "optimizer.safetensors"
-            )
-            scheduler_state = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
-            write_json(
-                tmp / "state.json",
-                {
-                    "phase_index": phase_index,
-                    "epoch_in_phase": epoch_in_phase,
-                    "bad_epochs": bad_epochs,
-                    "history": history.to_dict(),
-                    "optimizer": opt_meta,
-                    "scheduler": scheduler_state,
-                },
-            )
+            save_weights(best_state, self.checkpoint_dir / "best.safetensors")
+        save_checkpoint(
+            self.checkpoint_dir / "last", model, optimizer, scheduler, groups,
+            {"phase_index": phase_index, "epoch_in_phase": epoch_in_phase, "bad_epochs": bad_epochs,
+             "history": history.to_dict()},
+        )  # fmt: skip
 
     def _load_checkpoint(self, model: nn.Module) -> dict[str, Any] | None:
-        last = self.checkpoint_dir / "last" if self.checkpoint_dir else None
-        if last is None or not (last / "state.json").is_file():
+        if self.checkpoint_dir is None:
             return None
-        state = json.loads((last / "state.json").read_text(encoding="utf-8"))
-        missing, unexpected = model.load_state_dict(load_tensors(last / "model.safetensors"), strict=False)
-        if missing or unexpected:
-            raise GraftError(
-                f"checkpoint {last} does not fit this model (missing {missing[:3]}, unexpected "
-                f"{unexpected[:3]}); start without --resume or use a new --out folder"
+        saved = load_checkpoint(self.checkpoint_dir / "last", model)
+        if saved is None:
+            self._say(
+                f"resume: no checkpoint in {self.checkpoint_dir}; starting training from its first epoch"
             )
-        tensors = load_tensors(last / "optimizer.safetensors")
-        state["rng"] = {"torch": tensors.pop("rng.torch")}
-        cuda = [tensors.pop(k) for k in sorted(k for k in list(tensors) if k.startswith("rng.cuda."))]
-        if cuda:
-            state["rng"]["cuda"] = cuda
-        state["optimizer_tensors"] = tensors
-        return state
+        return saved
 
     def _best_state_from_disk(self) -> dict[str, torch.Tensor] | None:
         path = self.checkpoint_dir / "best.safetensors" if self.checkpoint_dir else None
         return load_tensors(path) if path and path.is_file() else None
 
 
-def _restore_optimizer(optimizer, scheduler, groups, state: dict[str, Any]) -> None:
-    _load_optimizer_by_name(optimizer, groups, state["optimizer"], state["optimizer_tensors"])
-    scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
+# ------------------------------------------------------------------------------------------------
+# Checkpoints, one format for Engine.fit and train_steps: <folder>/{model,optimizer}.safetensors and
+# <folder>/state.json (the loop's position, the optimizer's settings, the scheduler).
+
+
+def save_checkpoint(
+    folder: Path, model: nn.Module, optimizer, scheduler, groups: list[dict[str, Any]], state: dict[str, Any]
+) -> None:
+    """Write a training's state to ``folder``, replacing it at once (a reader finds the previous
+    checkpoint or this one): the model's weights, the optimizer's state by parameter name (``groups``
+    carry ``group`` and ``param_names``), the scheduler, the random states and ``state``, the loop's
+    own position (JSON). Called by the main process only under ``accelerate launch``."""
+    opt_tensors, opt_meta = _optimizer_by_name(optimizer, groups)
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            rng[f"cuda.{i}"] = s
+    with atomic_directory(folder) as tmp:
+        save_tensors(model.state_dict(), tmp / "model.safetensors")
+        save_tensors(
+            {**opt_tensors, **{f"rng.{k}": v for k, v in rng.items()}}, tmp / "optimizer.safetensors"
+        )
+        scheduler_state = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
+        write_json(tmp / "state.json", {**state, "optimizer": opt_meta, "scheduler": scheduler_state})
+
+
+def load_checkpoint(folder: Path, model: nn.Module) -> dict[str, Any] | None:
+    """The state :func:`save_checkpoint` wrote to ``folder``, with its weights loaded into ``model``;
+    ``None`` when ``folder`` holds none. Hand the result to :func:`restore_rng` and
+    :func:`restore_optimizer`.
+
+    Raises:
+        GraftError: the checkpoint's weights do not fit ``model``.
+    """
+    if not (folder / "state.json").is_file():
+        return None
+    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    missing, unexpected = model.load_state_dict(load_tensors(folder / "model.safetensors"), strict=False)
+    if missing or unexpected:
+        raise GraftError(
+            f"checkpoint {folder} does not fit this model (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); start without --resume or use a new --out folder"
+        )
+    tensors = load_tensors(folder / "optimizer.safetensors")
+    state["rng"] = {"torch": tensors.pop("rng.torch")}
+    cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
+    if cuda:
+        state["rng"]["cuda"] = [tensors.pop(k) for k in cuda]
+    state["optimizer_tensors"] = tensors
+    return state
+
+
+def restore_rng(saved: dict[str, Any]) -> None:
+    """The random states a checkpoint recorded (dropout, augmentation)."""
+    torch.set_rng_state(saved["rng"]["torch"])
+    if torch.cuda.is_available() and "cuda" in saved["rng"]:
+        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+
+
+def restore_optimizer(optimizer, scheduler, groups, saved: dict[str, Any]) -> None:
+    """The optimizer's and the scheduler's state a checkpoint recorded, bound to ``groups`` by name."""
+    _load_optimizer_by_name(optimizer, groups, saved["optimizer"], saved["optimizer_tensors"])
+    scheduler.load_state_dict({**saved["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
     for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
         group["lr"] = lr
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """``state`` to ``path`` through a temporary file beside it and a rename: never half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    save_tensors(state, tmp)
+    tmp.replace(path)
 
 
 def _optimizer_by_name(optimizer, groups) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -590,7 +629,7 @@ def _load_optimizer_by_name(optimizer, groups, meta, tensors) -> None:
 def train_steps(
     model: nn.Module,
     param_groups: list[dict[str, Any]],
-    batches: Iterable[tuple[Any, Any]],
+    batches: Callable[[int], Iterable[tuple[Any, Any]]],
     loss_fn: LossFn,
     *,
     steps: int,
@@ -598,59 +637,75 @@ def train_steps(
     grad_clip: float | None = 1.0,
     weight_decay: float = 0.01,
     on_step: Callable[[int], None] | None = None,
+    callbacks: Sequence[Callback] = (),
     progress: bool = False,
     desc: str = "training",
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
 ) -> list[float]:
     """Train ``model`` in place, one batch per optimiser step; returns the loss of every step.
 
-    Each of ``batches`` is ``(inputs, targets)``; tensors in it (also inside dicts, lists and tuples)
-    move to the device of the model's first parameter, and the step's loss is
-    ``loss_fn(model(inputs), targets)``, which may couple the examples of a batch. AdamW; every group
-    needs an ``lr`` (its peak), groups without ``weight_decay`` get ``weight_decay``. The learning rate
-    warms up linearly over ``warmup_ratio * steps`` steps, then decays linearly to 0 at ``steps``. A
-    ``batches`` that ends early ends training early while the schedule still spans ``steps``, so a
-    caller can stop at step k of a longer schedule. ``on_step(n)`` runs after the n-th step (1-based),
-    e.g. to snapshot weights. The caller sets train/eval mode and ``requires_grad``; no mixed precision.
+    ``batches(done)`` gives the batches of the steps after the first ``done`` (0, or the steps a
+    resumed run restored): make it a function of (seed, step), as the engine's epoch order is of (seed,
+    epoch), so that a resumed run trains on the batches an uninterrupted one would. Each batch is
+    ``(inputs, targets)``; tensors in it (also inside dicts, lists and tuples) move to the device of
+    the model's first parameter, and the step's loss is ``loss_fn(model(inputs), targets)``, which may
+    couple the examples of a batch. AdamW; every group needs an ``lr`` (its peak), groups without
+    ``weight_decay`` get ``weight_decay``. The learning rate warms up linearly over ``warmup_ratio *
+    steps`` steps, then decays linearly to 0 at ``steps``. Batches that end early end training early
+    while the schedule still spans ``steps``, so a caller can stop at step k of a longer schedule.
+    ``on_step(n)`` runs after the n-th step (1-based), e.g. to snapshot weights, then the step's
+    checkpoint if one is due, then each callback's ``on_step_end``. The caller sets train/eval mode and
+    ``requires_grad``; no mixed precision.
+
+    With ``checkpoint_dir``, the weights, optimizer, schedule, random state and losses so far are
+    written to ``checkpoint_dir/last`` (the :class:`Engine`'s format) after every ``checkpoint_every``-th
+    step and after the last one; with ``resume`` training continues from there exactly as if it had
+    never stopped, or says on stderr (with ``progress``) that there is no checkpoint to continue from.
 
     Example:
         >>> losses = train_steps(net, [{"params": list(net.parameters()), "lr": 1e-3}],
-        ...                      itertools.repeat((x, y)), nn.functional.mse_loss, steps=10)  # doctest: +SKIP
+        ...                      lambda done: itertools.repeat((x, y)), nn.functional.mse_loss,
+        ...                      steps=10)  # doctest: +SKIP
 
     Raises:
-        ConfigError: ``steps`` < 1 or a group without ``lr``.
-        GraftError: the loss or the gradient norm is not finite (training diverged).
+        ConfigError: ``steps`` or ``checkpoint_every`` < 1, or a group without ``lr``.
+        GraftError: the loss or the gradient norm is not finite (training diverged), or the checkpoint
+            to resume from was written by another training.
     """
+    from torch.nn.utils import clip_grad_norm_
     from tqdm.auto import tqdm
 
-    if steps < 1:
-        raise ConfigError(f"steps must be at least 1, got {steps}")
+    if steps < 1 or checkpoint_every < 1:
+        raise ConfigError(
+            f"steps and checkpoint_every must be at least 1, got {steps} and {checkpoint_every}"
+        )
     groups = [dict(g, params=list(g["params"])) for g in param_groups]
     no_lr = [i for i, g in enumerate(groups) if "lr" not in g]
     if no_lr:
         raise ConfigError(f"parameter groups {no_lr} have no 'lr'; give every group its learning rate")
+    if checkpoint_dir is not None:  # checkpoints store optimizer state by parameter name
+        _name_groups(model, groups)
     params = [p for g in groups for p in g["params"]]
     device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(groups, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(steps, warmup_ratio))
+    checkpoint = None
+    if checkpoint_dir is not None:
+        checkpoint = _StepCheckpoint(checkpoint_dir, model, optimizer, scheduler, groups, steps)
+    losses = checkpoint.resume(progress, desc) if resume and checkpoint is not None else []
+    saved_at = len(losses)
     optimizer.zero_grad(set_to_none=True)
-    losses: list[float] = []
-    with tqdm(total=steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True) as bar:
-        # a finite `batches` may end first (strict=False): training stops there
-        for step, (inputs, targets) in zip(range(1, steps + 1), batches, strict=False):
-            loss = loss_fn(model(_to_device(inputs, device)), _to_device(targets, device))
-            if not torch.isfinite(loss):
-                raise GraftError(
-                    f"training diverged: loss is {loss.item()} at step {step} of {desc}; lower the "
-                    "learning rate (e.g. 3x) or train fewer steps"
-                )
+    with tqdm(total=steps, initial=len(losses), desc=desc, disable=not progress, leave=False,
+              dynamic_ncols=True) as bar:  # fmt: skip
+        # finite batches may end first (strict=False): training stops there
+        for step, batch in zip(range(len(losses) + 1, steps + 1), batches(len(losses)), strict=False):
+            loss = loss_fn(model(_to_device(batch[0], device)), _to_device(batch[1], device))
+            _check_finite("loss", loss, f"step {step} of {desc}")
             loss.backward()
             if grad_clip:
-                norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-                if not torch.isfinite(norm):
-                    raise GraftError(
-                        f"training diverged: gradient norm is {norm.item()} at step {step} of {desc}; "
-                        "lower the learning rate (e.g. 3x) or train fewer steps"
-                    )
+                _check_finite("gradient norm", clip_grad_norm_(params, grad_clip), f"step {step} of {desc}")
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -659,7 +714,85 @@ def train_steps(
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
             if on_step is not None:
                 on_step(step)
+            if checkpoint is not None and step % checkpoint_every == 0:
+                saved_at = checkpoint.save(losses)
+            for cb in callbacks:
+                cb.on_step_end(step, losses[-1])
+    if checkpoint is not None and saved_at != len(losses):  # the last step, whatever its number
+        checkpoint.save(losses)
     return losses
+
+
+def _check_finite(what: str, value: torch.Tensor, where: str) -> None:
+    if not torch.isfinite(value):
+        raise GraftError(
+            f"training diverged: {what} is {value.item()} at {where}; lower the learning rate (e.g. 3x) "
+            "or train fewer steps"
+        )
+
+
+def _name_groups(model: nn.Module, groups: list[dict[str, Any]]) -> None:
+    """Give each optimizer group a ``group`` name and its ``param_names``, keeping those the caller gave."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    for i, group in enumerate(groups):
+        group.setdefault("group", str(i))
+        if "param_names" not in group:
+            if any(id(p) not in names for p in group["params"]):
+                raise ConfigError(f"parameter group {i} holds parameters that are not the model's")
+            group["param_names"] = [names[id(p)] for p in group["params"]]
+
+
+@dataclass
+class _StepCheckpoint:
+    """The checkpoint of one :func:`train_steps` run: ``folder/last`` in the engine's format, whose
+    state is the schedule's length and the losses of the steps done."""
+
+    folder: Path
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    groups: list[dict[str, Any]]
+    steps: int
+
+    def save(self, losses: list[float]) -> int:
+        """Write the state after ``len(losses)`` steps; returns that step."""
+        from graft.distributed import is_main_process
+
+        if is_main_process():  # one writer under accelerate launch
+            state = {"step": len(losses), "steps": self.steps, "losses": losses}
+            save_checkpoint(
+                self.folder / "last", self.model, self.optimizer, self.scheduler, self.groups, state
+            )
+        return len(losses)
+
+    def resume(self, progress: bool, desc: str) -> list[float]:
+        """Restore the last checkpoint; the losses of the steps it holds (none without a checkpoint)."""
+        saved = load_checkpoint(self.folder / "last", self.model)
+        if saved is None:
+            _say(progress, f"resume: no checkpoint in {self.folder}; starting {desc} from its first step")
+            return []
+        if saved.get("steps") != self.steps:
+            raise GraftError(
+                f"cannot resume: checkpoint {self.folder / 'last'} belongs to a schedule of "
+                f"{saved.get('steps')} steps, this training has {self.steps}; resume with the same "
+                "settings, or start a new --out folder"
+            )
+        restore_rng(saved)
+        restore_optimizer(self.optimizer, self.scheduler, self.groups, saved)
+        _say(
+            progress,
+            f"resuming {desc} after step {saved['step']} of {self.steps} from {self.folder / 'last'}",
+        )
+        return list(saved["losses"])
+
+
+def _say(progress: bool, message: str) -> None:
+    """A line of progress on stderr (stdout is kept for results, e.g. ``--json``)."""
+    if not progress:
+        return
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 
 def _to_device(value: Any, device: torch.device) -> Any:

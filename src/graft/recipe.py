@@ -215,8 +215,9 @@ class Workbench:
 
     @contextlib.contextmanager
     def checkpointing(self, tag: str | None = None) -> Iterator[None]:
-        """Engine trainings inside this block write checkpoints to ``checkpoints/<tag or strategy>``
-        (and resume from them)."""
+        """Trainings of the run's model inside this block (the engine's, contrastive tuning's) write
+        checkpoints to ``checkpoints/<tag or strategy>`` (and resume from them), and call the run's
+        callbacks."""
         previous = self._checkpointing, self._tag
         self._checkpointing, self._tag = True, tag
         try:
@@ -226,13 +227,25 @@ class Workbench:
 
     @contextlib.contextmanager
     def without_checkpoints(self) -> Iterator[None]:
-        """Engine trainings inside this block write no checkpoints and resume from none (the models of
-        a cross-validated estimate are not the run's model)."""
+        """Trainings inside this block write no checkpoints and resume from none (the models of a
+        cross-validated estimate are not the run's model)."""
         previous, self.checkpoint_root = self.checkpoint_root, None
         try:
             yield
         finally:
             self.checkpoint_root = previous
+
+    def checkpoint_dir(self, name: str) -> Path | None:
+        """Where a training named ``name`` (its strategy) keeps its checkpoints: inside
+        :meth:`checkpointing` in a run with a folder, ``checkpoints/<tag or name>``; elsewhere ``None``."""
+        if not self._checkpointing or self.checkpoint_root is None:
+            return None
+        return self.checkpoint_root / (self._tag or name)
+
+    @property
+    def run_callbacks(self) -> list[Callback]:
+        """The user's callbacks, called by the trainings of the run's model (inside :meth:`checkpointing`)."""
+        return self.callbacks if self._checkpointing else []
 
     @contextlib.contextmanager
     def full_curves(self) -> Iterator[None]:
@@ -422,14 +435,12 @@ class Workbench:
         return out
 
     def _engine(self, name: str) -> Engine:
-        on = self._checkpointing and self.checkpoint_root is not None
-        checkpoints = self.checkpoint_root / (self._tag or name) if on else None
         train = self.cfg.train
         if self._full_curves:
             train = dataclasses.replace(train, patience=1_000_000)
         return Engine(
-            train, metric=self.metric_name, progress=self.progress,
-            callbacks=self.callbacks if self._checkpointing else (), checkpoint_dir=checkpoints,
+            train, metric=self.metric_name, progress=self.progress, callbacks=self.run_callbacks,
+            checkpoint_dir=self.checkpoint_dir(name),
         )  # fmt: skip
 
     def _phases(self, plan: Plan) -> list[Any]:

@@ -111,19 +111,30 @@ class Contrastive(Strategy):
         backbone = None
         if steps:
             backbone = bench.fresh_backbone()
-            self._tune(bench, backbone, train, snapshot_at=(steps,))
+            self._tune(bench, backbone, train, snapshot_at=(steps,), checkpoint=True)
         trained = self._probe(bench, backbone, train, steps)
         if val is not None:
             trained.val_metric = bench.score(trained, val)
         return trained
 
-    def _tune(self, bench: Workbench, backbone: Any, train: Dataset, snapshot_at: tuple[int, ...]) -> dict:
+    def _tune(
+        self,
+        bench: Workbench,
+        backbone: Any,
+        train: Dataset,
+        snapshot_at: tuple[int, ...],
+        checkpoint: bool = False,
+    ) -> dict:
+        """Tune ``backbone`` in place; ``checkpoint``: this is the training of the run's model (not a fold's),
+        which checkpoints and resumes where the workbench says (see ``Workbench.checkpointing``)."""
         from graft.contrastive import tune_body
 
+        folder = bench.checkpoint_dir(self.name) if checkpoint else None
         return tune_body(
             backbone, train.examples, train.targets.tolist(), lr=LR, batch_size=BATCH_SIZE,
             steps=bench.cfg.strategy.contrastive_steps, temperature=TEMPERATURE, seed=bench.cfg.train.seed,
-            snapshot_at=snapshot_at, progress=bench.progress,
+            snapshot_at=snapshot_at, progress=bench.progress, checkpoint_dir=folder,
+            resume=bench.resume and folder is not None, callbacks=bench.run_callbacks if checkpoint else (),
         )  # fmt: skip
 
     def _probe(self, bench: Workbench, backbone: Any, train: Dataset, steps: int) -> Trained:
