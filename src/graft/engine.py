@@ -529,6 +529,24 @@ class Engine:
         return load_tensors(path) if path and path.is_file() else None
 
 
+CHECKPOINT_FILES = frozenset({"model.safetensors", "optimizer.safetensors", "state.json"})  # in last/
+
+
+def is_checkpoint_file(relative: str) -> bool:
+    """Whether a path under a checkpoint folder (``/``-separated, relative to it) is one the engine
+    writes: ``[TAG/]last/{model,optimizer}.safetensors``, ``last/state.json``, ``best.safetensors``, or
+    a temporary of theirs. The run folder removes these, and only these, once a run succeeded."""
+    parts = relative.split("/")
+    name, parents = parts[-1], parts[:-1]
+    if name in ("best.safetensors", "best.safetensors.tmp"):
+        return True
+    return (
+        bool(parents)
+        and name in CHECKPOINT_FILES
+        and (parents[-1] == "last" or parents[-1].startswith(".last."))
+    )
+
+
 def _restore_optimizer(optimizer, scheduler, groups, state: dict[str, Any]) -> None:
     _load_optimizer_by_name(optimizer, groups, state["optimizer"], state["optimizer_tensors"])
     scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
