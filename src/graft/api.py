@@ -284,8 +284,17 @@ class Model:
             test=result,
         )  # fmt: skip
 
-    def save(self, path: str | Path) -> Path:
-        """Write this model as a bundle (atomically)."""
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write this model as a bundle (atomically), at a new path, an empty folder or over an intact
+        bundle (``graft.load(p).save(p)`` re-saves one); anything else there is refused by name unless
+        ``overwrite``.
+
+        Raises:
+            OutputError: ``path`` holds files graft did not write, or lies inside another bundle.
+        """
+        from graft.ownership import claim_bundle
+
+        claim_bundle(path, overwrite=overwrite)
         manifest = {k: v for k, v in self.manifest_.items() if k not in _GENERATED_KEYS}
         if self.report_ is not None:
             metrics, html = self.report_.to_dict(), self.report_.to_html()
@@ -419,7 +428,10 @@ def fit(
     check_run_flags(out, resume=resume, overwrite=overwrite)
     run_data = _read_run_data(data, cfg, labels, val, test, given_backbone, progress)  # 1. read, check names
     run_data.t_start = t_start
-    with open_run(out, run_data.cfg, run_data.fingerprint, resume=resume, overwrite=overwrite) as run:
+    reads = _paths_read(data, run_data.cfg)
+    with open_run(
+        out, run_data.cfg, run_data.fingerprint, resume=resume, overwrite=overwrite, reads=reads
+    ) as run:
         if run is not None and run.complete:
             _say(progress, f"run in {out} is already complete; loading its bundle")
             return load(run.bundle)
@@ -449,6 +461,13 @@ def fit(
         if run_data.cfg.data.refit == "all" and len(protocol.test):  # 8. optionally, + the test rows
             trained = train_final(bench, protocol, choice, add=protocol.test)
         return _finish(run_data, bench, protocol, choice, trained, result, run, progress, baselines)  # 9.
+
+
+def _paths_read(data: Any, cfg: RunConfig) -> list[Any]:
+    """The files and folders a run reads, which its run folder's outputs must not touch."""
+    source = cfg.backbone.source
+    bundle = source[len("bundle:") :] if isinstance(source, str) and source.startswith("bundle:") else None
+    return [data, cfg.data.val, cfg.data.test, cfg.evaluation.costs, cfg.backbone.weights, bundle]
 
 
 @dataclasses.dataclass
@@ -724,6 +743,7 @@ def adapt(
     rule: str = "strict",
     out: str | Path | None = None,
     seed: int = 0,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> Model:
     """Adapt a model to a target domain from unlabeled target inputs, choosing the method on evidence.
@@ -740,14 +760,21 @@ def adapt(
         methods: adaptation methods to try (default: every registered one; see ``graft adapt --help``).
         rule: with ``target_val``: ``strict`` (default) adopts a method only when its paired 95% interval
             against doing nothing lies above 0; ``lead`` when it merely scores higher there.
-        out: write the adapted bundle (a normal bundle, with an ``adaptation`` record) here.
+        out: write the adapted bundle (a normal bundle, with an ``adaptation`` record) here: a new
+            folder, an empty one or an earlier bundle, never the source bundle or what is read.
+        overwrite: replace files graft did not write at ``out``.
 
     Returns:
         the chosen model (the source model itself when nothing beat it), with ``manifest_["adaptation"]``.
     """
     from graft.adaptation import Target, adapt_model
 
-    _check_adapt_out(model, out)
+    if out is not None:  # before any work
+        from graft.bundle import resolve_bundle_path
+        from graft.ownership import claim_bundle
+
+        read = resolve_bundle_path(model) if isinstance(model, str | Path) else None
+        claim_bundle(out, reads=[read, target, target_val, target_test, source], overwrite=overwrite)
     model = model if isinstance(model, Model) else load(model)
     examples, where = model.inputs(target), str(target) if isinstance(target, str | Path) else "<inputs>"
     if not examples:
@@ -768,24 +795,8 @@ def adapt(
         adaptation=record,
     )  # fmt: skip
     if out is not None:
-        _say(progress, f"bundle: {adapted.save(out)}")
+        _say(progress, f"bundle: {adapted.save(out, overwrite=overwrite)}")
     return adapted
-
-
-def _check_adapt_out(model: Any, out: str | Path | None) -> None:
-    """``out`` may be new, empty or an earlier bundle; not the source bundle, not a folder of other files."""
-    from graft.bundle import MANIFEST
-
-    if out is None or not Path(out).exists():
-        return
-    folder = Path(out)
-    if isinstance(model, str | Path) and folder.resolve() in (
-        Path(model).resolve(),
-        Path(model, "bundle").resolve(),
-    ):
-        raise ConfigError(f"--out {out} is the source bundle; write the adapted bundle to another folder")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / MANIFEST).is_file():
-        raise ConfigError(f"--out {out} exists and holds other files, not a bundle; choose a new folder")
 
 
 def _source_data(model: Model, source: Any, progress: bool) -> Dataset | None:

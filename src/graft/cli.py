@@ -127,6 +127,10 @@ RANK_DATA_OPTIONS = ("text_col", "label_col", "path_col", "label_regex", "task",
                      "encoding", "skip_bad")  # fmt: skip
 
 
+OVERWRITE_HELP = (
+    "replace files graft did not write, or changed since it wrote them, at the output path (graft replaces "
+    "its own unchanged outputs without it)"
+)
 ENCODING_HELP = (
     "text encoding of the file (default: UTF-8, or UTF-16/32 when the file starts with a byte-order mark; "
     "lines that are not UTF-8 are read as cp1252, with a warning)"
@@ -211,7 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", help="run folder (default: runs/fit-<time>)")
     fit.add_argument("--config", help="YAML run config (as written to OUT/config.yaml); options override it")
     fit.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
-    fit.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    fit.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an earlier run in --out, and files graft did not write in its run.json, config.yaml, "
+        "checkpoints/ and bundle/ (other files there are never touched)",
+    )  # fmt: skip
     _add_common(fit)
     _add_config_options(fit)
 
@@ -229,8 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ev.add_argument("--label-col", help="label column (default: the one the model was trained on)")
     ev.add_argument(
-        "--report", metavar="DIR", help="also write metrics.json and report.html (with plots) to DIR"
-    )
+        "--report", metavar="DIR",
+        help="also write metrics.json and report.html (with plots) to DIR, and graft-output.json "
+        "(their record)",
+    )  # fmt: skip
+    ev.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     ev.add_argument("--encoding", help=ENCODING_HELP)
     ev.add_argument(
         "--costs", metavar="FILE",
@@ -255,7 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="inputs: CSV/TSV/JSONL with a text (or path) column, .txt with one text (or path) per line, "
         "or, for image/audio models, a folder or a single file",
     )
-    pr.add_argument("--out", help="write predictions to this CSV (default: stdout)")
+    pr.add_argument(
+        "--out", help="write predictions to this CSV (default: stdout); an existing file needs --overwrite"
+    )
+    pr.add_argument("--overwrite", action="store_true", help="replace the file at --out")
     pr.add_argument("--encoding", help=ENCODING_HELP)
     pr.add_argument(
         "--text-col", "--path-col", dest="text_col",
@@ -349,7 +363,10 @@ def _add_curve(sub: Any, raw: type[argparse.HelpFormatter]) -> None:
     cu.add_argument("--strategies", default="linear_probe,auto",
                     help="comma-separated strategies (default: linear_probe,auto)")  # fmt: skip
     cu.add_argument("--seeds", type=int, default=3, help="samples per size (default: 3)")
-    cu.add_argument("--out", metavar="DIR", help="write metrics.json and report.html here")
+    cu.add_argument(
+        "--out", metavar="DIR", help="write metrics.json and report.html here (+ graft-output.json)"
+    )
+    cu.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     _add_common(cu)
     _add_config_options(cu, skip=("strategy", "evaluation"))
 
@@ -395,6 +412,7 @@ def _add_adapt(sub: Any, raw: type[argparse.HelpFormatter]) -> None:
         "doing nothing is above 0; lead when it merely scores higher there (more gains, some losses)",
     )  # fmt: skip
     ad.add_argument("--out", required=True, metavar="DIR", help="where the adapted bundle is written")
+    ad.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     ad.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     _add_common(ad)
 
@@ -412,6 +430,7 @@ def _add_export(sub: Any, raw: type[argparse.HelpFormatter]) -> None:
     ex.add_argument("bundle", help="bundle folder, or a run folder")
     ex.add_argument("--format", choices=("onnx",), default="onnx", help="export format (default: onnx)")
     ex.add_argument("--out", required=True, help="the .onnx file to write")
+    ex.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     ex.add_argument("--check", metavar="INPUTS", help="inputs for the parity check, as for `graft predict` "
                     "(default: built-in sentences, or generated images / audio)")  # fmt: skip
     ex.add_argument("--tolerance", type=float, default=1e-4, help="largest probability difference accepted")
@@ -583,21 +602,23 @@ def _print_metrics(payload: dict[str, Any], out: TextIO) -> None:
 
 def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
     from graft.api import load
+    from graft.bundle import resolve_bundle_path
+    from graft.ownership import claim_report_folder, write_report_folder
 
+    if args.report:  # before any work: the report folder may be refused
+        reads = [resolve_bundle_path(args.bundle), args.data, args.costs]
+        claim_report_folder(
+            args.report, REPORT_FILES, reads=reads, overwrite=args.overwrite, option="--report"
+        )
     model = load(args.bundle)
     result = model.evaluate(args.data, text_col=args.text_col, label_col=args.label_col,
                             encoding=args.encoding, skip_bad=args.skip_bad, costs=args.costs,
                             progress=not args.quiet)  # fmt: skip
     payload = {"bundle": str(args.bundle), "data": str(args.data), **result.to_dict()}
     if args.report:
-        from graft.serialization import atomic_write_bytes
-
         report = model.report(result, str(args.data))
-        Path(args.report).mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(
-            Path(args.report) / "metrics.json", json.dumps(report.to_dict(), indent=1, default=str).encode()
-        )
-        atomic_write_bytes(Path(args.report) / "report.html", report.to_html().encode("utf-8"))
+        write_report_folder(args.report, _report_files(report), command="evaluate", overwrite=args.overwrite,
+                            option="--report")  # fmt: skip
         if not args.json:
             print(f"report: {Path(args.report) / 'report.html'}", file=out)
     if args.json:
@@ -628,7 +649,12 @@ def cmd_evaluate(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_predict(args: argparse.Namespace, out: TextIO) -> int:
     from graft.api import decode_outputs, load
+    from graft.bundle import resolve_bundle_path
 
+    if args.out:  # before any work
+        from graft.ownership import claim_file
+
+        claim_file(args.out, reads=[resolve_bundle_path(args.bundle), args.input], overwrite=args.overwrite)
     model = load(args.bundle)
     texts = model.inputs(args.input, args.text_col, args.encoding)
     key = "text" if model.modality == "text" else "path"
@@ -666,6 +692,17 @@ def cmd_predict(args: argparse.Namespace, out: TextIO) -> int:
     else:
         out.write(_csv_text(rows))
     return EXIT_OK
+
+
+REPORT_FILES = ("metrics.json", "report.html")
+
+
+def _report_files(report: Any) -> dict[str, bytes]:
+    """A report's files (a RunReport or a learning curve): metrics.json and report.html."""
+    return {
+        "metrics.json": json.dumps(report.to_dict(), indent=1, default=str).encode("utf-8"),
+        "report.html": report.to_html().encode("utf-8"),
+    }
 
 
 def _csv_text(rows: list[dict[str, Any]]) -> str:
@@ -744,17 +781,18 @@ def cmd_curve(args: argparse.Namespace, out: TextIO) -> int:
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     cfg = config_from_args(args)
+    if args.out:  # before any work
+        from graft.ownership import claim_report_folder
+
+        reads = [args.data, cfg.data.test]
+        claim_report_folder(args.out, REPORT_FILES, reads=reads, overwrite=args.overwrite, option="--out")
     curve = learning_curve(args.data, sizes=parse_sizes(args.sizes), strategies=strategies, seeds=args.seeds,
                            test=cfg.data.test, config=cfg, progress=not args.quiet)  # fmt: skip
     if args.out:
-        from graft.serialization import atomic_write_bytes
+        from graft.ownership import write_report_folder
 
-        folder = Path(args.out)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(
-            folder / "metrics.json", json.dumps(curve.to_dict(), indent=1, default=str).encode()
-        )
-        atomic_write_bytes(folder / "report.html", curve.to_html().encode("utf-8"))
+        write_report_folder(args.out, _report_files(curve), command="curve", overwrite=args.overwrite,
+                            option="--out")  # fmt: skip
     if args.json:
         print(json.dumps(curve.to_dict(), default=str), file=out)
     else:
@@ -771,7 +809,7 @@ def cmd_adapt(args: argparse.Namespace, out: TextIO) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
     model = adapt(args.bundle, args.target, target_val=args.target_val, target_test=args.target_test,
                   source=args.source, methods=methods, rule=args.rule, out=args.out, seed=args.seed,
-                  progress=not args.quiet)  # fmt: skip
+                  overwrite=args.overwrite, progress=not args.quiet)  # fmt: skip
     record = model.manifest_["adaptation"]
     if args.json:
         print(json.dumps({"bundle": str(args.out), **record}, default=str), file=out)
@@ -782,12 +820,14 @@ def cmd_adapt(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     from graft.api import load
-    from graft.export import ExportError, export_onnx
+    from graft.bundle import resolve_bundle_path
+    from graft.export import ExportError, claim_export, export_onnx
 
+    claim_export(args.out, reads=[resolve_bundle_path(args.bundle), args.check], overwrite=args.overwrite)
     model = load(args.bundle)
     check = model.inputs(args.check) if args.check else None
     try:
-        result = export_onnx(model, args.out, check=check, tolerance=args.tolerance)
+        result = export_onnx(model, args.out, check=check, tolerance=args.tolerance, overwrite=args.overwrite)
     except ExportError as exc:
         print(f"graft: export failed: {exc}", file=sys.stderr)
         if args.json:

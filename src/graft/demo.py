@@ -200,6 +200,9 @@ def run_demo(out: Path, progress: bool = True) -> None:
     def say(message: str = "") -> None:
         print(message, flush=True)
 
+    from graft.ownership import claim_folder
+
+    claim_folder(out, command="demo")  # new, empty or an earlier demo's: nothing else is replaced
     data = write_tickets(out / "data" / "tickets.csv", "train", per_intent=40)
     test = write_tickets(out / "data" / "tickets_test.csv", "test", per_intent=10)
     say(f"1. wrote a support-ticket dataset: {data} ({len(INTENTS)} intents x 40 tickets)")

@@ -59,6 +59,9 @@ def run_image_demo(
     def say(message: str = "") -> None:
         print(message, flush=True)
 
+    from graft.ownership import claim_folder
+
+    claim_folder(out, command="demo image")  # new, empty or an earlier image demo's
     data = write_digits(out / "data")
     n_pre = sum(1 for _ in data["pretrain"].rglob("*.png"))
     n_test = sum(1 for _ in data["test"].rglob("*.png"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -573,6 +574,26 @@ def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     save_tensors(state, tmp)
     tmp.replace(path)
+
+
+CHECKPOINT_FILES = frozenset({"model.safetensors", "optimizer.safetensors", "state.json"})  # in last/
+WEIGHT_FILES = re.compile(r"(best|snapshot-\d+)\.safetensors(\.tmp)?")  # beside last/
+
+
+def is_checkpoint_file(relative: str) -> bool:
+    """Whether a path under a run's checkpoint folder (``/``-separated, relative to it) is one the
+    checkpoints write: ``[TAG/]last/{model,optimizer}.safetensors``, ``last/state.json``,
+    ``best.safetensors``, ``snapshot-K.safetensors``, or a temporary of theirs. The run folder removes
+    these, and only these, once a run succeeded."""
+    parts = relative.split("/")
+    name, parents = parts[-1], parts[:-1]
+    if WEIGHT_FILES.fullmatch(name):
+        return True
+    return (
+        bool(parents)
+        and name in CHECKPOINT_FILES
+        and (parents[-1] == "last" or parents[-1].startswith(".last."))
+    )
 
 
 def _optimizer_by_name(optimizer, groups) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -28,6 +28,10 @@ class BundleError(GraftError, ValueError):
     """A saved bundle is missing, incomplete, from an unknown format version, or was modified."""
 
 
+class OutputError(GraftError, ValueError):
+    """An output path holds files graft did not write (or changed since), or lies where the command reads."""
+
+
 class NotFittedError(GraftError, AttributeError):
     """A model was used before it was fitted."""
 

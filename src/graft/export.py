@@ -4,10 +4,12 @@ One graph from preprocessed tensors to what ``predict_proba`` returns: backbone,
 temperature, the activation (softmax / sigmoid; regression: values), with a dynamic batch axis (and
 sequence axis for text). LoRA adapters are merged first. Beside ``model.onnx``: ``model.contract.json``
 (task, label space, contract, preprocessing, decision rules: label thresholds, abstain threshold,
-costs) and, for text, the tokenizer files in ``model.tokenizer/``; the contract also goes into the
-ONNX metadata (``graft_contract``). Before the file is put in place, onnxruntime and the PyTorch bundle
-score the same preprocessed inputs; a probability difference above the tolerance fails the export and
-writes nothing.
+costs; the sha256 of the graph and of every tokenizer file, and an integrity record of its own, as a
+bundle manifest has) and, for text, the tokenizer files in ``model.tokenizer/``; the contract also goes
+into the ONNX metadata (``graft_contract``). The files are staged beside ``--out`` and put in place
+together, after onnxruntime and the PyTorch bundle scored the same preprocessed inputs: a probability
+difference above the tolerance fails the export and writes nothing. An earlier export is replaced
+only when its contract says graft wrote it as it is (:mod:`graft.ownership`).
 
 Example:
     >>> result = export_onnx(graft.load("runs/sst2"), "sst2.onnx")   # doctest: +SKIP
@@ -73,52 +75,103 @@ class _Graph(torch.nn.Module):
         return self.network.head.activate(logits)
 
 
-def export_onnx(
-    model: Model, out: str | Path, *, check: list[Any] | None = None, tolerance: float = TOLERANCE
-) -> ExportResult:
-    """Write ``model`` as ONNX at ``out`` (see the module docstring); ``check``: inputs for the parity
-    check (default: built-in sentences for text, generated files for images and audio)."""
-    import copy
-
+def export_paths(out: str | Path) -> tuple[Path, Path, Path]:
+    """The graph, its contract and (text models) its tokenizer folder for ``--out``."""
     out = Path(out)
     if out.suffix != ".onnx":
         raise ConfigError(f"--out {out}: an ONNX file name ends in .onnx")
+    return out, out.with_suffix(".contract.json"), out.with_suffix(".tokenizer")
+
+
+def claim_export(out: str | Path, *, reads: list[Any] = (), overwrite: bool) -> None:
+    """Refuse (before any work) an export over files graft did not write, or over what it reads."""
+    from graft.ownership import check_not_read, refuse_foreign, unrecorded
+
+    paths = export_paths(out)
+    check_not_read(paths, reads)
+    refuse_foreign(unrecorded(paths[1], [paths[0], paths[2]]), paths[0], option="--out", overwrite=overwrite)
+
+
+def export_onnx(
+    model: Model,
+    out: str | Path,
+    *,
+    check: list[Any] | None = None,
+    tolerance: float = TOLERANCE,
+    overwrite: bool = False,
+) -> ExportResult:
+    """Write ``model`` as ONNX at ``out`` (see the module docstring); ``check``: inputs for the parity
+    check (default: built-in sentences for text, generated files for images and audio); ``overwrite``:
+    replace files graft did not write there."""
+    import copy
+
+    from graft.serialization import atomic_outputs
+
+    claim_export(out, overwrite=overwrite)
+    paths = export_paths(out)
     plain = copy.deepcopy(model)
     plain.merge_adapters()
     network = plain.network_.eval()
     with tempfile.TemporaryDirectory() as scratch:
         examples = list(check) if check else _check_inputs(model, Path(scratch))
         batch = network.backbone.preprocess(model.inputs(examples))
-        keys = list(batch)
-        calibration = model.manifest_.get("calibration") or {}
-        graph = _Graph(network, keys, calibration.get("temperature")).eval()
-        axes = network.backbone.onnx_axes(batch)
-        output = "values" if model.task == "regression" else "probabilities"
-        tmp = Path(scratch) / out.name
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the tracer's notes on Python control flow in the backbone
-            torch.onnx.export(graph, tuple(batch[k] for k in keys), str(tmp), input_names=keys,
-                              output_names=[output], dynamic_axes={**axes, output: {0: "batch"}},
-                              opset_version=OPSET, dynamo=False)  # fmt: skip
-            expected = graph(*(batch[k] for k in keys)).numpy()
-        contract = contract_record(model, keys, output)
-        _add_metadata(tmp, contract)
-        got = _run_onnx(tmp, {k: batch[k].numpy() for k in keys})
-        difference = float(np.abs(got - expected).max())
-        if not difference <= tolerance:
-            raise ExportError(
-                f"the ONNX graph differs from the bundle by {difference:.3g} (tolerance {tolerance:g}) on "
-                f"{len(examples)} inputs; nothing was written"
-            )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        files = [str(out)]
-        tmp.replace(out)
-        sidecar = out.with_suffix(".contract.json")
-        sidecar.write_text(json.dumps(contract, indent=1, default=str), encoding="utf-8")
-        files.append(str(sidecar))
+    keys = list(batch)
+    with atomic_outputs(*paths) as (graph_file, contract_file, tokenizer):
+        output, difference = _write_graph(model, network, batch, graph_file, tolerance)
         if model.modality == "text":
-            files.append(str(_save_tokenizer(network.backbone, out.with_suffix(".tokenizer"))))
-    return ExportResult(out, keys, output, difference, len(examples), files)
+            _save_tokenizer(network.backbone, tokenizer)
+        contract = contract_record(model, keys, output)
+        _write_contract(contract_file, contract, {paths[0].name: graph_file, paths[2].name: tokenizer})
+    files = [str(p) for p in paths if p.exists() and (p != paths[2] or model.modality == "text")]
+    return ExportResult(paths[0], keys, output, difference, len(examples), files)
+
+
+def _write_graph(
+    model: Model, network: torch.nn.Module, batch: dict[str, torch.Tensor], path: Path, tolerance: float
+) -> tuple[str, float]:
+    """Trace the graph to ``path`` with the contract in its metadata; the output name and the largest
+    difference between onnxruntime and the bundle on ``batch``.
+
+    Raises:
+        ExportError: the difference is above ``tolerance`` (nothing is put in place).
+    """
+    keys = list(batch)
+    calibration = model.manifest_.get("calibration") or {}
+    graph = _Graph(network, keys, calibration.get("temperature")).eval()
+    axes = network.backbone.onnx_axes(batch)
+    output = "values" if model.task == "regression" else "probabilities"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on Python control flow in the backbone
+        torch.onnx.export(graph, tuple(batch[k] for k in keys), str(path), input_names=keys,
+                          output_names=[output], dynamic_axes={**axes, output: {0: "batch"}},
+                          opset_version=OPSET, dynamo=False)  # fmt: skip
+        expected = graph(*(batch[k] for k in keys)).numpy()
+    _add_metadata(path, contract_record(model, keys, output))
+    got = _run_onnx(path, {k: batch[k].numpy() for k in keys})
+    difference = float(np.abs(got - expected).max())
+    if not difference <= tolerance:
+        raise ExportError(
+            f"the ONNX graph differs from the bundle by {difference:.3g} (tolerance {tolerance:g}) on "
+            f"{len(batch[keys[0]])} inputs; nothing was written"
+        )
+    return output, difference
+
+
+def _write_contract(path: Path, contract: dict[str, Any], outputs: dict[str, Path]) -> None:
+    """The contract, with the sha256 of every file of the export (``outputs``: the final name beside
+    the contract -> where it is staged) and sealed as a bundle manifest is: the export's own record."""
+    from graft.ownership import sealed_record
+    from graft.serialization import sha256_file
+
+    files = {}
+    for name, staged in outputs.items():
+        if staged.is_file():
+            files[name] = sha256_file(staged)
+        for file in sorted(staged.rglob("*")) if staged.is_dir() else []:
+            if file.is_file():
+                files[f"{name}/{file.relative_to(staged).as_posix()}"] = sha256_file(file)
+    record = sealed_record(**contract, files=files)
+    path.write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
 
 
 def _check_inputs(model: Model, folder: Path) -> list[Any]:
@@ -178,10 +231,9 @@ def _run_onnx(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
     return session.run(None, feeds)[0]
 
 
-def _save_tokenizer(backbone: Any, folder: Path) -> Path:
+def _save_tokenizer(backbone: Any, folder: Path) -> None:
     tokenizer = getattr(backbone, "tokenizer", None)
     if tokenizer is None:
         raise ConfigError("this text backbone has no Hugging Face tokenizer to export beside the graph")
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(folder))
-    return folder

@@ -12,6 +12,11 @@
 Two ``fit`` processes never share a folder: the second is refused while the first holds the lock,
 whatever state ``run.json`` is in. A run that was killed leaves its record and checkpoints for
 ``--resume``; one that succeeded leaves no checkpoints and no temporary folders.
+
+Ownership (:mod:`graft.ownership`): ``--out`` must be new, empty, or a run folder; inside one, graft
+replaces only what it wrote (``config.yaml`` as the record says, checkpoint files, an intact
+``bundle/``). Anything else in the way is refused by name unless ``--overwrite``; the clean-up after
+success removes checkpoint files only, never a file graft did not write.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from graft.config import RunConfig
-from graft.errors import ConfigError
+from graft.errors import ConfigError, OutputError
+from graft.ownership import OS_METADATA, bundle_in_the_way, check_not_read, refuse_foreign
 from graft.serialization import atomic_write_bytes, remove_stale_temporaries
 
 RUN_FILE = "run.json"
@@ -71,32 +77,42 @@ class RunFolder:
         self.clean_leftovers()
 
     def clean_leftovers(self) -> None:
-        shutil.rmtree(self.checkpoints, ignore_errors=True)
+        _remove_checkpoints(self.checkpoints)
         remove_stale_temporaries(self.bundle)
         remove_stale_temporaries(self.path / RUN_FILE)
 
 
 @contextlib.contextmanager
 def claim_run_folder(
-    out: str | Path, cfg: RunConfig, fingerprint: str, *, resume: bool, overwrite: bool
+    out: str | Path, cfg: RunConfig, fingerprint: str, *, resume: bool, overwrite: bool, reads: list[Any] = ()
 ) -> Iterator[RunFolder]:
     """Lock ``out`` for this process and check it against the requested run.
 
     A new run gets a ``running`` record; ``resume`` continues an earlier run with the same settings
-    and data; ``overwrite`` replaces whatever the folder holds (a broken record included).
+    and data; ``overwrite`` replaces graft's own entries (``run.json``, ``config.yaml``,
+    ``checkpoints/``, ``bundle/``) whatever they hold, a broken record included; ``reads``: the paths
+    the run reads (data, bundles), which the folder's outputs must not touch.
 
     Raises:
         ConfigError: the folder is in use by another process, holds another run (without
             ``resume``/``overwrite``), holds a run with other settings or data, or has a broken
             record; each message says how to go on.
+        OutputError: the folder holds files graft did not write (without ``overwrite``), or its
+            outputs would touch what the run reads.
     """
     check_run_flags(out, resume=resume, overwrite=overwrite)
     folder = Path(out)
+    check_not_read([folder / name for name in (*_OWNED, LOCK_FILE)], reads)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"--out {folder} is a file; a run folder is a folder: choose another --out")
     folder.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(folder):
         run = RunFolder(folder)
         if overwrite:
             _remove_run(folder)
+        else:
+            found, why = _in_the_way(folder)
+            refuse_foreign(found, folder, option="--out", overwrite=False, why=why)
         record = _earlier_record(folder, cfg, fingerprint, resume)
         if record is not None and record.get("status") == "complete":
             run.complete = True
@@ -109,7 +125,13 @@ def claim_run_folder(
 
 @contextlib.contextmanager
 def open_run(
-    out: str | Path | None, cfg: RunConfig, fingerprint: str, *, resume: bool, overwrite: bool
+    out: str | Path | None,
+    cfg: RunConfig,
+    fingerprint: str,
+    *,
+    resume: bool,
+    overwrite: bool,
+    reads: list[Any] = (),
 ) -> Iterator[RunFolder | None]:
     """:func:`claim_run_folder` for a run with a folder; ``None`` for one without (nothing is written)."""
     from graft.distributed import barrier, is_main_process
@@ -122,7 +144,7 @@ def open_run(
         record = read_record(Path(out)) or {}
         yield RunFolder(Path(out), resumed=resume, complete=record.get("status") == "complete", writer=False)
         return
-    with claim_run_folder(out, cfg, fingerprint, resume=resume, overwrite=overwrite) as run:
+    with claim_run_folder(out, cfg, fingerprint, resume=resume, overwrite=overwrite, reads=reads) as run:
         barrier()
         yield run
 
@@ -177,7 +199,7 @@ def read_record(folder: Path) -> dict[str, Any] | None:
     try:
         record = json.loads(file.read_text(encoding="utf-8"))
         problem = None if isinstance(record, dict) and isinstance(record.get("config"), dict) else "no config"
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         problem = "empty file" if not file.read_bytes().strip() else f"not valid JSON: {exc}"
     if problem is not None:
         raise ConfigError(
@@ -198,6 +220,72 @@ def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[
         elif va != vb:
             out.append(f"{prefix}{key}: {va!r} -> {vb!r}")
     return out
+
+
+def _in_the_way(folder: Path) -> tuple[list[str], str]:
+    """What in ``folder`` graft did not write (so may not replace), and why that matters.
+
+    Without a run record the folder must be empty (OS litter and graft's own lock aside); with one,
+    ``config.yaml`` must be what the record says, ``checkpoints/`` hold checkpoint files only and
+    ``bundle/`` be an intact bundle. Other files beside them are the user's and are never touched.
+    """
+    if not (folder / RUN_FILE).is_file():
+        present = sorted(
+            p.name + ("/" if p.is_dir() else "")
+            for p in folder.iterdir()
+            if p.name not in OS_METADATA and p.name != LOCK_FILE
+        )
+        kind = "a bundle" if (folder / "graft.json").is_file() else "not empty"
+        return (
+            present,
+            f"it is {kind} and holds no graft run ({RUN_FILE}); a run folder is new, empty or a run's",
+        )
+    record = read_record(folder) or {}
+    found = []
+    config = folder / "config.yaml"
+    if config.exists() and not _is_config_of(config, record.get("config")):
+        found.append("config.yaml (changed after graft wrote it)")
+    from graft.engine import is_checkpoint_file
+
+    if folder.joinpath(CHECKPOINTS).exists():
+        found += [
+            f"{CHECKPOINTS}/{name}" for name in _walk(folder / CHECKPOINTS) if not is_checkpoint_file(name)
+        ]
+    found += [f"{BUNDLE}/{name}" for name in bundle_in_the_way(folder / BUNDLE)]
+    return found, ""
+
+
+def _is_config_of(path: Path, config: Any) -> bool:
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) == json.loads(json.dumps(config))
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+
+
+def _walk(folder: Path) -> list[str]:
+    """Every file and symlink under ``folder``, relative to it (symlinks never followed)."""
+    out = []
+    for root, dirs, names in os.walk(folder):
+        links = [d for d in dirs if Path(root, d).is_symlink()]
+        out += [Path(root, n).relative_to(folder).as_posix() for n in [*names, *links]]
+    return sorted(out)
+
+
+def _remove_checkpoints(folder: Path) -> None:
+    """Remove the checkpoint files under ``folder`` and the folders they leave empty; anything else
+    (a file graft did not write) stays."""
+    if not folder.is_dir():
+        return
+    from graft.engine import is_checkpoint_file
+
+    for name in _walk(folder):
+        if is_checkpoint_file(name):
+            (folder / name).unlink(missing_ok=True)
+    for root, _dirs, _names in sorted(os.walk(folder), key=lambda entry: -len(entry[0])):
+        with contextlib.suppress(OSError):
+            Path(root).rmdir()  # only succeeds on an empty folder
 
 
 def _remove_run(folder: Path) -> None:

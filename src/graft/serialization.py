@@ -27,6 +27,10 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def save_tensors(
     tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
 ) -> None:
@@ -93,23 +97,81 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
     A reader sees the old folder or the new one, never half of one. On error the temporary folder
     is removed and ``target`` is untouched.
     """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-    _follow_umask(tmp, 0o777)
+    with atomic_outputs(target) as (staged,):
+        staged.mkdir()
+        yield staged
+
+
+@contextlib.contextmanager
+def atomic_outputs(*targets: str | os.PathLike) -> Iterator[tuple[Path, ...]]:
+    """Write several outputs (files or folders) so that all of them land, or none.
+
+    Yields one path per target, in a temporary folder beside it (so on the target's own filesystem:
+    the final rename never crosses devices); the caller creates a file or a folder there, or nothing
+    (that target is then left as it is). On success every staged path is renamed onto its target;
+    if one rename fails, the targets already replaced get their old content back. On error nothing
+    is replaced and the staged paths are removed. Permissions follow the umask.
+    """
+    paths = [Path(t) for t in targets]
+    stages = []
     try:
-        yield tmp
+        for target in paths:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            stages.append(Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")))
+        staged = [stage / target.name for stage, target in zip(stages, paths, strict=True)]
+        yield tuple(staged)
+        _commit(list(zip(paths, staged, strict=True)))
+    finally:
+        for stage in stages:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _commit(pairs: list[tuple[Path, Path]]) -> None:
+    """Rename each staged path onto its target; undo the renames done so far if one fails."""
+    done: list[tuple[Path, Path | None]] = []
+    try:
+        for target, staged in pairs:
+            if not staged.exists() and not staged.is_symlink():
+                continue
+            backup = None
+            if target.exists() or target.is_symlink():
+                backup = target.parent / f".{target.name}.old-{os.getpid()}"
+                _remove(backup)
+                _set_aside(target, backup)
+            try:
+                os.replace(staged, target)
+            except BaseException:
+                if backup is not None:
+                    os.replace(backup, target)
+                raise
+            done.append((target, backup))
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for target, backup in reversed(done):
+            _remove(target)
+            if backup is not None:
+                os.replace(backup, target)
         raise
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    for _, backup in done:
+        if backup is not None:
+            _remove(backup)
+
+
+def _set_aside(target: Path, backup: Path) -> None:
+    """Keep ``target`` as ``backup``: a file by a hard link (it never goes missing: the rename that
+    follows replaces it atomically), a folder by a rename."""
+    if target.is_file() and not target.is_symlink():
+        with contextlib.suppress(OSError):
+            os.link(target, backup)
+            return
+    os.replace(target, backup)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def remove_stale_temporaries(target: str | os.PathLike) -> None:
@@ -123,8 +185,4 @@ def remove_stale_temporaries(target: str | os.PathLike) -> None:
         return
     for pattern in (f".{target.name}.*.tmp", f".{target.name}.old-*"):
         for stale in target.parent.glob(pattern):
-            if stale.is_dir() and not stale.is_symlink():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    stale.unlink()
+            _remove(stale)
