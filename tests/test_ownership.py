@@ -38,6 +38,7 @@ def fitted(tiny_bert_dir, tmp_path_factory) -> Path:
     cfg = RunConfig(evaluation=EvalConfig(baselines="none"))
     graft.fit(data, backbone=f"hf:{tiny_bert_dir}", strategy="linear_probe", config=cfg, out=folder / "run",
               progress=False)  # fmt: skip
+    shutil.copy(folder / "run" / "config.yaml", folder / "config.yaml")  # the run's settings, for a re-run
     return folder
 
 
@@ -48,7 +49,7 @@ def run(fitted, tmp_path) -> Path:
 
 
 def fit_args(run: Path, *extra: str) -> list[str]:
-    cfg = run / "config.yaml"
+    cfg = run.parent / "config.yaml"
     return ["fit", str(run.parent / "data.csv"), "--config", str(cfg), "--quiet", *extra]
 
 
@@ -76,7 +77,7 @@ def test_a_run_folder_keeps_files_graft_did_not_write(run, capsys):
     # a completed run folder: a user's file among the checkpoints and an edited config.yaml are named
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "notes.txt").write_text("mine")
-    (run / "config.yaml").write_text((run / "config.yaml").read_text() + "# my comment\nextra: 1\n")
+    (run / "config.yaml").write_text((run / "config.yaml").read_text() + "# my comment\n")
     (run / "bundle" / "readme.txt").write_text("mine")
     before = snapshot(run)
     assert main(fit_args(run, "--out", str(run))) == 2
@@ -104,7 +105,14 @@ def test_success_removes_checkpoint_files_only(tmp_path):
         lambda b, r: ["predict", str(b), str(r.parent / "data.csv"), "--out", str(b / "new.csv")],
         lambda b, r: ["evaluate", str(b), str(r.parent / "data.csv"), "--report", str(b)],
         lambda b, r: ["export", str(r), "--out", str(b / "x.onnx")],
-        lambda b, r: ["fit", str(r.parent / "data.csv"), "--config", str(r / "config.yaml"), "--out", str(b)],
+        lambda b, r: [
+            "fit",
+            str(r.parent / "data.csv"),
+            "--config",
+            str(r.parent / "config.yaml"),
+            "--out",
+            str(b),
+        ],
         lambda b, r: ["adapt", str(r), "--target", str(r.parent / "data.csv"), "--out", str(b)],
     ],
     ids=["predict-over-manifest", "predict-into-bundle", "evaluate-report", "export", "fit", "adapt"],

@@ -425,9 +425,13 @@ class RunConfig:
         return cls(**built)
 
     def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(self.yaml_text(), encoding="utf-8")
+
+    def yaml_text(self) -> str:
+        """The config as ``config.yaml`` holds it."""
         import yaml
 
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> RunConfig:

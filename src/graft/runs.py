@@ -36,10 +36,11 @@ from graft.ownership import OS_METADATA, bundle_in_the_way, check_not_read, refu
 from graft.serialization import atomic_write_bytes, remove_stale_temporaries
 
 RUN_FILE = "run.json"
+CONFIG_FILE = "config.yaml"
 LOCK_FILE = ".graft.lock"
 CHECKPOINTS = "checkpoints"
 BUNDLE = "bundle"
-_OWNED = (CHECKPOINTS, BUNDLE, RUN_FILE, "config.yaml")
+_OWNED = (CHECKPOINTS, BUNDLE, RUN_FILE, CONFIG_FILE)
 
 
 @dataclass
@@ -69,7 +70,7 @@ class RunFolder:
     def write_record(self, cfg: RunConfig, status: str, fingerprint: str) -> None:
         record = {"status": status, "config": cfg.to_dict(), "data_fingerprint": fingerprint}
         atomic_write_bytes(self.path / RUN_FILE, json.dumps(record, indent=2).encode())
-        cfg.to_yaml(self.path / "config.yaml")
+        atomic_write_bytes(self.path / CONFIG_FILE, cfg.yaml_text().encode("utf-8"))
 
     def finish(self, cfg: RunConfig, fingerprint: str) -> None:
         """Mark the run complete and remove what only an interrupted run needs."""
@@ -242,9 +243,9 @@ def _in_the_way(folder: Path) -> tuple[list[str], str]:
         )
     record = read_record(folder) or {}
     found = []
-    config = folder / "config.yaml"
+    config = folder / CONFIG_FILE
     if config.exists() and not _is_config_of(config, record.get("config")):
-        found.append("config.yaml (changed after graft wrote it)")
+        found.append(f"{CONFIG_FILE} (changed after graft wrote it)")
     from graft.engine import is_checkpoint_file
 
     if folder.joinpath(CHECKPOINTS).exists():
@@ -256,11 +257,11 @@ def _in_the_way(folder: Path) -> tuple[list[str], str]:
 
 
 def _is_config_of(path: Path, config: Any) -> bool:
-    import yaml
-
+    """``config.yaml`` is what graft wrote for the run record's config, byte for byte (a comment a
+    person added would be lost if graft rewrote it)."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) == json.loads(json.dumps(config))
-    except (OSError, ValueError, yaml.YAMLError):
+        return path.read_text(encoding="utf-8") == RunConfig.from_dict(config, source=RUN_FILE).yaml_text()
+    except (OSError, ValueError):
         return False
 
 
