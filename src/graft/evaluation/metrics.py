@@ -114,11 +114,14 @@ def task_metrics(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str,
         # macro-F1 over the labels that occur in the truth or the predictions, as scikit-learn's default
         # for multiclass (and the prior baseline): a label absent from both would score 0 for a perfect model
         present = np.flatnonzero(np.any(y_true, 0) | np.any(y_pred, 0))
+        macro = (
+            skm.f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)
+            if len(present)
+            else 0
+        )
         return {
             "micro_f1": float(skm.f1_score(y_true, y_pred, average="micro", zero_division=0)),
-            "macro_f1": float(skm.f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0))
-            if len(present)
-            else 0.0,
+            "macro_f1": float(macro),
             "subset_accuracy": float(skm.accuracy_score(y_true, y_pred)),
             "hamming_loss": float(skm.hamming_loss(y_true, y_pred)),
         }
@@ -268,7 +271,7 @@ def confidence_intervals(
     return out, per_class
 
 
-def holding(points: dict[str, Any], intervals: dict[str, list[float]]) -> dict[str, list[float]]:
+def _holding(points: dict[str, Any], intervals: dict[str, list[float]]) -> dict[str, list[float]]:
     """The ``intervals`` that are defined (finite), each made to hold its reported point in ``points``:
     scores come from scikit-learn, intervals from the bootstrap's own arithmetic, and the two can
     differ in the last bit (a degenerate bootstrap gives ``[x, x]`` for the estimate it computed)."""
@@ -332,7 +335,7 @@ def evaluate_predictions(
     per_class = per_class_report(task, y_true, y_pred, label_space)
     for c, name in enumerate(label_space):
         if str(c) in class_intervals and str(name) in per_class:
-            per_class[str(name)]["intervals_95"] = holding(per_class[str(name)], class_intervals[str(c)])
+            per_class[str(name)]["intervals_95"] = _holding(per_class[str(name)], class_intervals[str(c)])
     metrics = task_metrics(task, y_true, y_pred)
     if proba is not None:
         metrics |= probability_metrics(task, y_true, proba)
@@ -341,7 +344,7 @@ def evaluate_predictions(
         task=task,
         n=len(y_true),
         metrics=metrics,
-        intervals=holding(metrics, intervals),
+        intervals=_holding(metrics, intervals),
         per_class=per_class,
         confusion=confusion(task, y_true, y_pred, label_space),
         split=split,
