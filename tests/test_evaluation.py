@@ -49,7 +49,11 @@ def test_regression_and_multilabel_metrics():
     pl = np.array([[1, 0], [0, 0], [1, 1]], dtype=np.float32)
     ml = task_metrics("multilabel", yl, pl)
     assert ml["micro_f1"] == pytest.approx(skm.f1_score(yl, pl, average="micro"))
-    assert set(confidence_intervals("multilabel", yl, pl, 2)[0]) == {"micro_f1", "macro_f1"}
+    assert set(confidence_intervals("multilabel", yl, pl, 2)[0]) == {
+        "micro_f1",
+        "macro_f1",
+        "subset_accuracy",
+    }
 
 
 def test_report_html_is_self_contained_and_escaped():
@@ -193,3 +197,25 @@ def test_a_scratch_baseline_that_answers_one_class_is_called_no_skill():
     score_baselines(bench, targets, targets.copy(), {"scratch": constant, "linear_probe": constant}, result)
     assert sum("did not learn within its budget" in note for note in result.notes) == 1
     assert result.comparisons["scratch"]["accuracy"]["difference"] == pytest.approx(0.5)
+
+
+def test_multilabel_macro_f1_averages_the_labels_that_occur_as_its_interval_does():
+    """A label absent from both the truth and the predictions no longer scores 0 against a perfect
+    model (scikit-learn's all-columns macro gave 0.667 here, beside a bootstrap interval of [1, 1])."""
+    y = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]], dtype=np.float32)
+    r = evaluate_predictions("multilabel", y, y.copy(), ("a", "b", "never"))
+    assert r.metrics["macro_f1"] == 1.0 and r.intervals["macro_f1"] == [1.0, 1.0]
+    assert r.intervals["subset_accuracy"][1] == 1.0
+    p = np.array([[1, 0, 0], [0, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=np.float32)
+    occurring = skm.f1_score(y[:, :2], p[:, :2], average="macro", zero_division=0)
+    assert task_metrics("multilabel", y, p)["macro_f1"] == pytest.approx(occurring)
+    assert task_metrics("multilabel", y * 0, p * 0)["macro_f1"] == 0.0  # nothing to average: scikit-learn's 0
+
+
+def test_an_undefined_interval_is_left_out_not_written_as_nan():
+    y = np.ones(6, dtype=np.float32)  # R² of a constant truth is undefined, and so is its interval
+    r = evaluate_predictions("regression", y, y + np.arange(6, dtype=np.float32) / 10, ())
+    assert "r2" not in r.intervals and set(r.intervals) == {"mae", "rmse"}
+    c = evaluate_predictions("multiclass", np.array([0, 0, 1, 1]), np.array([0, 0, 0, 0]), ("a", "b"))
+    assert "precision" not in c.per_class["b"]["intervals_95"]  # "b" is never predicted
+    assert c.per_class["b"]["intervals_95"]["recall"][0] == 0.0  # and the recall of 0/2 starts at 0

@@ -106,7 +106,7 @@ def paired_difference(
         bounds[names.index("accuracy")] = ci.paired_proportions(pred_a == y_true, pred_b == y_true)
     wanted = HEADLINE[task]
     return {
-        name: {"difference": float(point[j]), "interval_95": [float(bounds[j, 0]), float(bounds[j, 1])]}
+        name: {"difference": float(point[j]), "interval_95": list(ci.enclose(point[j], *bounds[j]))}
         for j, name in enumerate(names)
         if name in wanted
     }

@@ -40,7 +40,7 @@ import numpy as np
 
 from graft.errors import ConfigError, DataError
 from graft.evaluation.abstain import ABSTAIN
-from graft.evaluation.intervals import bca, mean_stat, row_types
+from graft.evaluation.intervals import bca, enclose, mean_stat, row_types
 
 
 @dataclass(frozen=True)
@@ -225,7 +225,7 @@ def _mean_interval(values: np.ndarray, seed: int) -> list[float]:
     if len(values) < 2:
         return [float("nan"), float("nan")]
     ((lo, hi),) = bca(mean_stat, *row_types(values[:, None]), seed=seed)
-    return [float(lo), float(hi)]
+    return list(enclose(values.mean(), lo, hi))  # the reported mean, summed in another order
 
 
 def _costliest(costs: Costs, targets: np.ndarray, chosen: np.ndarray, top: int = 5) -> list[dict[str, Any]]:

@@ -9,6 +9,12 @@
   two models): the bias-corrected and accelerated (BCa) bootstrap (Efron 1987), which corrects the
   percentile bootstrap's bias and skew at small n.
 
+Every interval contains its own point estimate, floating point included (:func:`enclose`): a
+perfect score's Wilson interval ends at exactly 1.0, a zero score's starts at exactly 0.0, and a BCa
+interval whose bias correction (or rounding) lands beside the estimate is extended to reach it —
+wider, never narrower, so coverage can only grow. Readers, plots and error bars rely on
+``lo <= estimate <= hi``.
+
 The bootstrap here works on *row types*: a classification test set of n rows has at most k² distinct
 (truth, prediction) rows, so a resample is a multinomial draw of counts over the types and the
 jackknife that BCa needs takes one evaluation per type, not per row. A statistic is therefore
@@ -35,6 +41,20 @@ _CHUNK = 250  # bootstrap samples evaluated at once (memory: CHUNK x types weigh
 Statistic = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
+def enclose(point: float, lo: float, hi: float) -> tuple[float, float]:
+    """``(lo, hi)`` extended to hold ``point`` where rounding or a bias correction left it beside the
+    interval (``(lo, hi)`` unchanged when any of the three is nan: no interval to mend).
+
+    Example:
+        >>> enclose(1.0, 0.95, 0.9999999999999999)
+        (0.95, 1.0)
+    """
+    point, lo, hi = float(point), float(lo), float(hi)
+    if np.isnan(point) or np.isnan(lo) or np.isnan(hi):
+        return lo, hi
+    return min(lo, point), max(hi, point)
+
+
 def wilson(successes: float, n: float, z: float = Z95) -> tuple[float, float]:
     """The Wilson score interval of a proportion ``successes / n`` (``(nan, nan)`` when n is 0)."""
     if n <= 0:
@@ -43,7 +63,8 @@ def wilson(successes: float, n: float, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    # at p = 1 the upper end is 1 only in exact arithmetic (0.9999999999999999 at n = 80)
+    return enclose(p, max(0.0, centre - half), min(1.0, centre + half))
 
 
 def balanced_accuracy_interval(y_true: np.ndarray, y_pred: np.ndarray, z: float = Z95) -> tuple[float, float]:
@@ -59,7 +80,8 @@ def balanced_accuracy_interval(y_true: np.ndarray, y_pred: np.ndarray, z: float 
     adjusted = (hits + add) / (sizes + 2 * add)
     centre = adjusted.mean()
     half = z * np.sqrt(np.sum(adjusted * (1 - adjusted) / (sizes + 2 * add))) / len(classes)
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    # the adjusted centre is pulled towards 1/2: at a perfect or zero score the estimate is the bound
+    return enclose(np.mean(hits / sizes), max(0.0, centre - half), min(1.0, centre + half))
 
 
 def paired_proportions(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -78,7 +100,7 @@ def paired_proportions(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     below = (pa - l1) ** 2 - 2 * phi * (pa - l1) * (u2 - pb) + (u2 - pb) ** 2
     above = (u1 - pa) ** 2 - 2 * phi * (u1 - pa) * (pb - l2) + (pb - l2) ** 2
     d = pa - pb
-    return float(d - np.sqrt(max(below, 0.0))), float(d + np.sqrt(max(above, 0.0)))
+    return enclose(d, d - np.sqrt(max(below, 0.0)), d + np.sqrt(max(above, 0.0)))
 
 
 def row_types(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -97,8 +119,9 @@ def bca(
     level: float = 0.95,
 ) -> np.ndarray:
     """BCa intervals ``[m, 2]`` of each of the ``m`` values of ``stat`` on data given as row types
-    and their counts. A value whose bootstrap distribution is a single point (e.g. a perfect score)
-    gets that point as both ends; an undefined value (nan) gets nan."""
+    and their counts, each holding its estimate (:func:`enclose`). A value whose bootstrap
+    distribution is a single point (e.g. a perfect score) gets that point as both ends; an undefined
+    value (nan) gets nan."""
     from scipy.stats import norm
 
     counts = np.asarray(counts, dtype=np.int64)
@@ -124,16 +147,18 @@ def bca(
         a = np.sum(w * centred**3) / (6 * spread**1.5) if spread > 0 else 0.0
         z = norm.ppf(alphas)
         adjusted = norm.cdf(z0 + (z0 + z) / (1 - a * (z0 + z)))
-        out[j] = np.quantile(b, np.clip(adjusted, 0, 1))
+        out[j] = enclose(theta, *np.quantile(b, np.clip(adjusted, 0, 1)))
     return out
 
 
 def percentile(
     stat: Statistic, types: np.ndarray, counts: np.ndarray, *, resamples: int = 400, seed: int = 0
 ) -> np.ndarray:
-    """Percentile-bootstrap intervals ``[m, 2]``: for large test sets, where BCa's jackknife is too
-    costly and its correction negligible."""
-    return np.nanpercentile(_resample(stat, types, counts, resamples, seed), [2.5, 97.5], axis=0).T
+    """Percentile-bootstrap intervals ``[m, 2]``, each holding its estimate: for large test sets,
+    where BCa's jackknife is too costly and its correction negligible."""
+    estimate = _as_2d(stat(types, np.asarray(counts, dtype=np.float64)[None, :]))[0]
+    bounds = np.nanpercentile(_resample(stat, types, counts, resamples, seed), [2.5, 97.5], axis=0).T
+    return np.array([enclose(theta, lo, hi) for theta, (lo, hi) in zip(estimate, bounds, strict=True)])
 
 
 def _resample(

@@ -111,12 +111,22 @@ def task_metrics(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> dict[str,
             "balanced_accuracy": float(_balanced_accuracy(y_true, y_pred)),
         }
     if task == "multilabel":
+        # macro-F1 over the labels that occur in the truth or the predictions, as scikit-learn's default
+        # for multiclass (and the prior baseline): a label absent from both would score 0 for a perfect model
+        present = np.flatnonzero(np.any(y_true, 0) | np.any(y_pred, 0))
+        macro = (
+            skm.f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)
+            if len(present)
+            else 0
+        )
         return {
             "micro_f1": float(skm.f1_score(y_true, y_pred, average="micro", zero_division=0)),
-            "macro_f1": float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0)),
+            "macro_f1": float(macro),
             "subset_accuracy": float(skm.accuracy_score(y_true, y_pred)),
             "hamming_loss": float(skm.hamming_loss(y_true, y_pred)),
         }
+    # in float64, as the intervals are: float32 targets made R² -93304.2890625 beside -93304.28841576564
+    y_true, y_pred = np.asarray(y_true, dtype=np.float64), np.asarray(y_pred, dtype=np.float64)
     return {
         "mae": float(skm.mean_absolute_error(y_true, y_pred)),
         "rmse": float(np.sqrt(skm.mean_squared_error(y_true, y_pred))),
@@ -221,8 +231,9 @@ def probability_intervals(
 def confidence_intervals(
     task: str, y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, seed: int = 0
 ) -> tuple[dict[str, list[float]], dict[str, dict[str, list[float]]]]:
-    """95% intervals of the task's metrics (Wilson for accuracy, BCa bootstrap otherwise; see
-    :mod:`graft.evaluation.intervals`), and of each class's precision, recall and F1."""
+    """95% intervals of the task's metrics (Wilson for accuracy and multilabel subset accuracy, BCa
+    bootstrap otherwise; see :mod:`graft.evaluation.intervals`), and of each class's precision, recall
+    and F1."""
     from graft.evaluation import intervals as ci
 
     n = len(y_true)
@@ -245,6 +256,8 @@ def confidence_intervals(
     bounds = ci.bca(stat, *ci.row_types(rows), seed=seed)
     out = {name: [float(lo), float(hi)] for name, (lo, hi) in zip(names, bounds, strict=True)}
     per_class: dict[str, dict[str, list[float]]] = {}
+    if task == "multilabel":
+        out["subset_accuracy"] = list(ci.wilson(float(np.sum(np.all(y_true == y_pred, axis=1))), n))
     if task == "multiclass":
         out["accuracy"] = list(ci.wilson(float(np.sum(y_true == y_pred)), n))
         out["balanced_accuracy"] = list(ci.balanced_accuracy_interval(y_true, y_pred))
@@ -256,6 +269,20 @@ def confidence_intervals(
                 "f1": out.pop(f"f1:{c}"),
             }
     return out, per_class
+
+
+def _holding(points: dict[str, Any], intervals: dict[str, list[float]]) -> dict[str, list[float]]:
+    """The ``intervals`` that are defined (finite), each made to hold its reported point in ``points``:
+    scores come from scikit-learn, intervals from the bootstrap's own arithmetic, and the two can
+    differ in the last bit (a degenerate bootstrap gives ``[x, x]`` for the estimate it computed)."""
+    from graft.evaluation.intervals import enclose
+
+    out = {}
+    for name, (lo, hi) in intervals.items():
+        if np.isfinite(lo) and np.isfinite(hi):
+            point = points.get(name)
+            out[name] = list(enclose(point, lo, hi)) if point is not None else [float(lo), float(hi)]
+    return out
 
 
 def per_class_report(
@@ -308,7 +335,7 @@ def evaluate_predictions(
     per_class = per_class_report(task, y_true, y_pred, label_space)
     for c, name in enumerate(label_space):
         if str(c) in class_intervals and str(name) in per_class:
-            per_class[str(name)]["intervals_95"] = class_intervals[str(c)]
+            per_class[str(name)]["intervals_95"] = _holding(per_class[str(name)], class_intervals[str(c)])
     metrics = task_metrics(task, y_true, y_pred)
     if proba is not None:
         metrics |= probability_metrics(task, y_true, proba)
@@ -317,7 +344,7 @@ def evaluate_predictions(
         task=task,
         n=len(y_true),
         metrics=metrics,
-        intervals=intervals,
+        intervals=_holding(metrics, intervals),
         per_class=per_class,
         confusion=confusion(task, y_true, y_pred, label_space),
         split=split,

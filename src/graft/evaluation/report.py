@@ -70,9 +70,9 @@ def comparison_sentences(test: EvaluationResult) -> list[str]:
 
 
 INTERVALS_NOTE = (
-    "Intervals: Wilson for accuracy and per-class precision and recall, an adjusted normal interval for "
-    "balanced accuracy, the BCa bootstrap for the others (simulated coverage >= 93% at 20, 50 and 500 "
-    "rows while every class has several test examples)."
+    "Intervals: Wilson for accuracy, subset accuracy and per-class precision and recall, an adjusted "
+    "normal interval for balanced accuracy, the BCa bootstrap for the others (simulated coverage >= 93% "
+    "at 20, 50 and 500 rows while every class has several test examples)."
 )
 
 
