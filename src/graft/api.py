@@ -328,7 +328,7 @@ def load(path: str | Path, *, module: torch.nn.Module | None = None) -> Model:
         BundleError: missing, modified, unsupported or unusable bundle (values, shapes, NaN weights).
     """
     bundle = read_bundle(path)
-    artifacts = {"metrics": bundle.json("metrics.json"), "report_html": bundle.text("report.html")}
+    artifacts = {"metrics": bundle.load_json("metrics.json"), "report_html": bundle.text("report.html")}
     return Model(load_network(bundle, module=module), bundle.manifest, artifacts=artifacts)
 
 

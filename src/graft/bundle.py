@@ -53,6 +53,7 @@ MANIFEST = "graft.json"
 WEIGHTS = "model.safetensors"
 REQUIRED = (WEIGHTS, "metrics.json", "report.html")
 INTEGRITY = "integrity"
+MAX_DEPTH = 64  # of nested JSON in graft.json
 # Written by file managers, never read by graft: tolerated in a bundle folder.
 OS_METADATA = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 REFUSAL_ADVICE = "Use an intact copy of the bundle, or fit the model again"
@@ -232,7 +233,7 @@ class VerifiedBundle:
         except UnicodeDecodeError as exc:
             raise BundleError(f"{self.folder / name} is not UTF-8 text ({exc}); {REFUSAL_ADVICE}") from None
 
-    def json(self, name: str) -> Any:
+    def load_json(self, name: str) -> Any:
         try:
             return json.loads(self.text(name))
         except (ValueError, RecursionError) as exc:
@@ -255,8 +256,8 @@ class VerifiedBundle:
         if bad:
             raise BundleError(
                 format_problems(
-                    f"refusing to load bundle {self.folder}: {WEIGHTS} holds NaN or infinite values, so "
-                    f"every prediction would be NaN. {REFUSAL_ADVICE}",
+                    f"refusing to load bundle {self.folder}: {WEIGHTS} holds NaN or infinite values (its "
+                    f"predictions would be NaN). {REFUSAL_ADVICE}",
                     [f"{name}: not finite" for name in bad],
                 )
             )
@@ -336,6 +337,10 @@ def _parse_manifest(folder: Path, data: bytes) -> dict[str, Any]:
         raise BundleError(f"{where} is not valid JSON ({_short(exc)}); {REFUSAL_ADVICE}") from None
     if not isinstance(manifest, dict):
         raise BundleError(f"{folder / MANIFEST} is not a graft manifest (a JSON object); {REFUSAL_ADVICE}")
+    if _depth(manifest) > MAX_DEPTH:  # graft writes ~8 levels; hashing a deep one would overflow the stack
+        raise BundleError(
+            f"{folder / MANIFEST} is nested too deeply to be a graft manifest; {REFUSAL_ADVICE}"
+        )
     version = manifest.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
         raise BundleError(
@@ -351,6 +356,16 @@ def _parse_manifest(folder: Path, data: bytes) -> dict[str, Any]:
             f"{REFUSAL_ADVICE}"
         )
     return manifest
+
+
+def _depth(value: Any) -> int:
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        deepest = max(deepest, depth)
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _check_values(folder: Path, manifest: dict[str, Any]) -> None:
