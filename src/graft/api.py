@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ import torch
 
 from graft.backbones import create_backbone, source_modality
 from graft.backbones.base import Backbone, Contract, check_modality
-from graft.bundle import load_network, make_manifest, read_manifest, save_bundle
+from graft.bundle import load_network, make_manifest, read_bundle, read_manifest, save_bundle
 from graft.config import BackboneConfig, DataConfig, RunConfig, StrategyConfig
 from graft.data import Dataset, detect_modality, layout_splits, read_dataset, read_inputs
 from graft.data.dataset import examples_fingerprint
@@ -332,15 +331,14 @@ def load(path: str | Path, *, module: torch.nn.Module | None = None) -> Model:
         module: for a bundle built with ``Backbone.from_module`` on your own class: a fresh instance
             of that class (graft rebuilds its own, timm, torchvision and Hugging Face architectures).
 
+    Every file is read once and the model is built from the bytes that were verified.
+
     Raises:
-        BundleError: missing, modified or unsupported bundle.
+        BundleError: missing, modified, unsupported or unusable bundle (values, shapes, NaN weights).
     """
-    folder, manifest = read_manifest(path)
-    artifacts = {
-        "metrics": json.loads((folder / "metrics.json").read_text(encoding="utf-8")),
-        "report_html": (folder / "report.html").read_text(encoding="utf-8"),
-    }
-    return Model(load_network(folder, manifest, module=module), manifest, artifacts=artifacts)
+    bundle = read_bundle(path)
+    artifacts = {"metrics": bundle.load_json("metrics.json"), "report_html": bundle.text("report.html")}
+    return Model(load_network(bundle, module=module), bundle.manifest, artifacts=artifacts)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -621,6 +619,7 @@ def _finish(run_data, bench, protocol, choice, trained, result, run, progress, b
                           fold_scores=choice.selection.fold_scores, **choice.selection.detail)  # fmt: skip
     if bench.cache_hits:
         _say(progress, "features: " + ", ".join("from cache" if h else "computed" for h in bench.cache_hits))
+    bench.timings.update(choice.timings)
     report = RunReport(
         backbone=cfg.backbone.source, task=source.task, label_space=list(source.label_space),
         strategy=strategy, data=data, test=result, validation=validation, history=trained.history,
@@ -634,6 +633,8 @@ def _finish(run_data, bench, protocol, choice, trained, result, run, progress, b
         calibration={k: v for k, v in result.calibration.items() if k in ("temperature", "fitted_on")},
         abstain=result.abstain.get("chosen"), costs=run_data.costs.to_dict() if run_data.costs else None,
         thresholds=result.thresholds.get("thresholds"),
+        timings={step: round(seconds, 3) for step, seconds in bench.timings.items()}
+        | {"total_before_save": round(time.perf_counter() - run_data.t_start, 3)},
     )  # fmt: skip
     model = Model(trained.network, manifest, report)
     barrier()  # under accelerate launch: every process is done training before the folder is finished

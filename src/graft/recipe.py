@@ -94,9 +94,10 @@ class Selection:
     oof: tuple[np.ndarray, torch.Tensor] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The evidence as the bundle records it: ``seconds`` goes to the run's timings instead."""
         data = dataclasses.asdict(dataclasses.replace(self, trained=None, oof=None))
-        data.pop("trained")
-        data.pop("oof")
+        for key in ("trained", "oof", "seconds"):
+            data.pop(key)
         return _finite(data)
 
 
@@ -394,9 +395,14 @@ class Workbench:
             workers=self.workers, initial_metric=initial.get("probe_val_metric"), max_epochs=epochs,
             lengths=text_lengths(train) if self.cfg.train.batching == "by_length" else None,
         )  # fmt: skip
+        # an epoch's wall-clock seconds go to the timings, not to the history the bundle records
+        self.timings["train_epochs"] = self.timings.get("train_epochs", 0.0) + sum(
+            e.seconds for e in hist.epochs
+        )
         trained = Trained(
             network, strategy.name, False, best_epoch=hist.best_epoch, record=record,
-            history=[_finite(dataclasses.asdict(e)) for e in hist.epochs],
+            history=[_finite({k: v for k, v in dataclasses.asdict(e).items() if k != "seconds"})
+                     for e in hist.epochs],
             val_metric=hist.best_metric if val is not None else None,
         )  # fmt: skip
         if val is not None and initial.get("probe_val_metric") is not None and hist.best_epoch == 0:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -34,7 +34,10 @@ def sha256_bytes(data: bytes) -> str:
 def save_tensors(
     tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
 ) -> None:
-    """safetensors file of CPU tensors; tensors sharing storage (tied weights) are stored as copies."""
+    """safetensors file of CPU tensors; tensors sharing storage (tied weights) are stored as copies.
+
+    The same tensors and metadata give the same bytes in every process (see :func:`_sorted_metadata`).
+    """
     seen: set[tuple[int, int]] = set()
     out = {}
     for name, tensor in tensors.items():
@@ -44,12 +47,42 @@ def save_tensors(
             t = t.clone().contiguous()
         seen.add(key)
         out[name] = t
-    save_file(out, str(path), metadata=metadata)
-    _follow_umask(path, 0o666)  # safetensors creates its files 0600
+    Path(path).write_bytes(_sorted_metadata(save(out, metadata=metadata)))
+    _follow_umask(path, 0o666)  # an existing file keeps its mode through write_bytes
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """``data`` (a safetensors file) with the ``__metadata__`` keys of its JSON header in sorted order.
+
+    safetensors writes them from a Rust HashMap, whose order changes from process to process: two
+    identical trainings would give files with different sha256. The tensors' entries keep their
+    order; their offsets count from the end of the header, so the header's length may change (it is
+    padded with spaces to a multiple of 8, as safetensors does).
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    if "__metadata__" not in header:
+        return data
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]
 
 
 def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return load_file(str(path))
+
+
+def tensors_from_bytes(data: bytes) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file already read (and verified) as ``data``; no second read.
+
+    Raises:
+        ValueError: ``data`` is not a valid safetensors file.
+    """
+    try:
+        return load(data)
+    except Exception as exc:  # safetensors raises its own error types (and OverflowError, ...)
+        raise ValueError(str(exc) or type(exc).__name__) from None
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

@@ -184,6 +184,13 @@ class HFTextBackbone(Backbone):
     def save_architecture(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.model.config.save_pretrained(folder)
+        # A fast tokenizer writes the truncation and padding of its last call into tokenizer.json, so
+        # the bundle's bytes would depend on whether the features came from the cache. Every call sets
+        # them again: clearing them changes the file only.
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            backend.no_truncation()
+            backend.no_padding()
         self.tokenizer.save_pretrained(folder)
 
     @classmethod

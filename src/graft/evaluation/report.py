@@ -24,6 +24,8 @@ class RunReport:
     test: EvaluationResult | None = None
     validation: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    # wall-clock seconds per step: in graft.json's ``timings`` and the --json summary, never in
+    # metrics.json or report.html, so that identical fits give identical reports
     timings: dict[str, float] = field(default_factory=dict)
     # graft adapt: the method chosen, the evidence, every candidate on labeled target data
     adaptation: dict[str, Any] = field(default_factory=dict)
@@ -38,7 +40,6 @@ class RunReport:
             "test": self.test.to_dict() if self.test else None,
             "validation": self.validation,
             "history": self.history,
-            "timings_s": self.timings,
             **({"adaptation": self.adaptation} if self.adaptation else {}),
         }
 
@@ -288,7 +289,8 @@ def render_html(report: RunReport) -> str:
         )  # fmt: skip
     if report.timings:
         parts.append(
-            "<h2>Timings (s)</h2>" + _table(["step", "seconds"], [[k, v] for k, v in report.timings.items()])
+            "<p class='note'>How long each step took is in the bundle's graft.json (<code>timings</code>), "
+            "not in this report: two identical fits give identical reports.</p>"
         )
     return _page("".join(parts))
 

@@ -51,6 +51,8 @@ class Choice:
     reason: str
     selection: Selection | None = None
     candidates: list[dict[str, Any]] = field(default_factory=list)
+    # wall-clock seconds, kept apart from the record above so that identical runs give identical bundles
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def choose(bench: Workbench, protocol: Protocol, requested: str) -> Choice:
@@ -65,14 +67,14 @@ def choose(bench: Workbench, protocol: Protocol, requested: str) -> Choice:
             bench.say(f"warning: the backbone has random weights (no --weights): {requested} on it measures "
                       "a random-features baseline")  # fmt: skip
         sel = strategy.select(bench, data, protocol.folds)
-        return Choice(
-            strategy, sel.settings, f"strategy {requested!r} as requested", sel, [_row(sel, "chosen")]
-        )
+        reason, timings = f"strategy {requested!r} as requested", {f"choose {sel.strategy}": sel.seconds}
+        return Choice(strategy, sel.settings, reason, sel, [_row(sel, "chosen")], timings)
     if not bench.pretrained:
         strategy = get_strategy("full")
         sel = strategy.select(bench, data, protocol.folds)
         reason = "the backbone starts from random weights (no pretrained weights given): every layer trains"
-        return Choice(strategy, sel.settings, reason, sel, [_row(sel, "chosen")])
+        timings = {"choose full": sel.seconds}
+        return Choice(strategy, sel.settings, reason, sel, [_row(sel, "chosen")], timings)
     return _auto(bench, protocol)
 
 
@@ -86,32 +88,35 @@ def _auto(bench: Workbench, protocol: Protocol) -> Choice:
         bench.say("auto: --budget is not applied under accelerate launch (processes must choose alike)")
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
+    timings: dict[str, float] = {}
     scored: list[tuple[Strategy, Selection]] = []
     for strategy, why_not in shortlist(bench, protocol):
         if why_not:
             rows.append({"strategy": strategy.name, "status": f"skipped: {why_not}"})
             continue
         cost = expected_seconds(strategy, bench, protocol)
+        timings[f"choose {strategy.name} (expected)"] = cost
         left = budget - (time.perf_counter() - started)
         if scored and cost > left:
             status = (
                 f"skipped: expected ~{duration_text(cost)}, {duration_text(max(left, 0))} of the "
                 f"{duration_text(budget)} budget left"
             )
-            rows.append({"strategy": strategy.name, "status": status, "expected_s": cost})
+            rows.append({"strategy": strategy.name, "status": status})
             continue
         bench.say(f"auto: scoring {strategy.name} ({protocol.selection}; expected ~{duration_text(cost)})")
         sel = strategy.select(bench, data, folds)
         bench.say(f"auto: {strategy.name} {bench.metric_name} {sel.score:.4f} ± {sel.score_std:.4f} "
                   f"({duration_text(sel.seconds)})")  # fmt: skip
         scored.append((strategy, sel))
-        rows.append(_row(sel, "scored") | {"expected_s": cost})
+        timings[f"choose {strategy.name}"] = sel.seconds
+        rows.append(_row(sel, "scored"))
     best_strategy, best = _best(scored, folds, bench.metric_name)
     for row in rows:
         if row["strategy"] == best_strategy.name:
             row["status"] = "chosen"
     reason = _sentence(best_strategy, best, scored, protocol, bench.metric_name) + _not_tried(rows)
-    return Choice(best_strategy, best.settings, reason, best, rows)
+    return Choice(best_strategy, best.settings, reason, best, rows, timings)
 
 
 def _best(
