@@ -455,8 +455,9 @@ def _add_serve(sub: Any, raw: type[argparse.HelpFormatter]) -> None:
                         help="characters per text (default: 100000); longer: 413. Texts are cut to what the "
                         "model reads (its max_length tokens) before tokenizing, so a long text costs no "
                         "more than one that fills the window")  # fmt: skip
-    limits.add_argument("--max-queue", type=int, default=4096, metavar="N", help="inputs waiting to be "
-                        "scored before new requests get 503 (default: 4096)")  # fmt: skip
+    limits.add_argument("--max-queue", type=int, default=4096, metavar="N",
+                        help="inputs waiting to be scored before new requests get 503 (default: 4096; at "
+                        "least --max-inputs)")  # fmt: skip
     _add_common(se)
 
 

@@ -17,9 +17,9 @@ uploads by the client's file name, never by a path on the server.
 
 Scoring (:class:`Scheduler`): inputs from concurrent requests are scored together in batches of at most
 ``max_batch`` on ``threads`` worker threads. A large request is cut into batches that take turns with
-other requests' (the least-served request goes first), holds one thread at a time, and never the last
-free one, so a one-sentence request does not wait behind it. A batch that fails is scored again
-request by request, then input by input, so only the input that fails gets a 422.
+other requests' (the least-served request goes first, the smaller on a tie), holds one thread at a
+time, and never the last free one, so a one-sentence request does not wait behind it. A batch that
+fails is scored again request by request, then input by input, so only the input that fails gets a 422.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import re
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,16 +56,22 @@ _log = logging.getLogger("graft.serve")
 class ServeLimits:
     """What one request may ask of the server; anything larger is refused with 413 before it costs.
 
-    The defaults keep a laptop responsive: a maximum text request (16 MiB of JSON) decodes to a few
-    tens of MB, and the queue holds four maximum requests.
+    The defaults keep a laptop responsive: the largest text request (16 MiB of JSON) decodes to a few
+    tens of MB, and the queue holds four of them. Each has the ``graft serve`` option of its name.
+
+    Attributes:
+        max_body: request body bytes (``None``: 16 MiB for a text model's JSON, 256 MiB for uploads).
+        max_file: bytes per uploaded file.
+        max_inputs: texts or files per request.
+        max_text_chars: characters per text.
+        max_queue: inputs admitted and not yet scored, beyond which requests get 503.
     """
 
-    max_body: int | None = field(default=None, metadata={"help": "request body bytes (default: 16 MiB for "
-                                 "a text model's JSON, 256 MiB for image/audio uploads)"})  # fmt: skip
-    max_file: int = field(default=32 * MiB, metadata={"help": "bytes per uploaded file"})
-    max_inputs: int = field(default=1024, metadata={"help": "texts or files per request"})
-    max_text_chars: int = field(default=100_000, metadata={"help": "characters per text"})
-    max_queue: int = field(default=4096, metadata={"help": "inputs waiting to be scored before 503"})
+    max_body: int | None = None
+    max_file: int = 32 * MiB
+    max_inputs: int = 1024
+    max_text_chars: int = 100_000
+    max_queue: int = 4096
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -101,7 +107,7 @@ class _Job:
     future: asyncio.Future
     order: int
     arrived: float
-    answers: list[Any] = field(default_factory=list)
+    answers: list[Any]  # one slot per input, filled as its batches come back
     handed: int = 0  # inputs given to a worker so far
     scored: int = 0
     in_flight: bool = False
