@@ -151,3 +151,108 @@ def test_backbones_pattern_lists_timm_and_torchvision_models_and_finds_local_wei
     assert main(["backbones", "resnet18*"]) == 0
     assert "timm:resnet18.a1_in1k" in capsys.readouterr().out
     assert main(["backbones", "no_such_model_*"]) == 2
+
+
+def _long_texts() -> list[str]:
+    """Real texts run together (English, Spanish, Arabic, tweets with emoji) up to 30,000 characters,
+    and texts made to trip a cut: runs of spaces, combining accents, CJK, emoji, one endless word."""
+    import csv
+    import random
+
+    from tests.conftest import shared
+
+    rng = random.Random(0)
+    texts = []
+    for name in ("agnews_sub", "tweeteval_emoji_sub", "xlmt_sentiment_arabic", "xlmt_sentiment_spanish",
+                 "goemotions_multilabel", "sst2"):  # fmt: skip
+        with open(shared("text", name, "test.csv"), encoding="utf-8", newline="") as f:
+            rows = [r["text"] for r in csv.DictReader(f)]
+        for _ in range(6):
+            rng.shuffle(rows)
+            joined = rng.choice([" ", "\n", "   ", "", " \u0301 "]).join(rows[:300])
+            texts.append(joined[: rng.randint(2_500, 30_000)])
+    return [
+        *texts,
+        "a" * 20_000, " " * 5_000 + "good film " * 800, "e\u0301" * 9_000, "\u597d" * 5_000,
+        ("great" + " " * 40) * 500, "!" * 9_000, "\u200b" * 9_000 + " bad film" * 500, "\U0001f600 " * 6_000,
+    ]  # fmt: skip
+
+
+class _Recording:
+    """A tokenizer that remembers the longest text it was handed."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.longest = tokenizer, 0
+
+    def __call__(self, texts, **kwargs):
+        self.longest = max(self.longest, *map(len, texts))
+        return self.tokenizer(texts, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def _assert_cut_changes_nothing(bb, texts: list[str]) -> None:
+    reference = bb.tokenizer(
+        texts, truncation=True, max_length=bb.max_length, padding=True, return_tensors="pt"
+    )
+    bb.tokenizer = _Recording(bb.tokenizer)
+    batch = bb.preprocess(texts)
+    assert batch.keys() <= reference.keys()
+    for key, value in batch.items():
+        assert torch.equal(value, reference[key]), key
+    bb.tokenizer.longest = 0
+    bb.preprocess(texts[:30])  # real texts: each cut at the first try, to 8 characters per token
+    assert bb.tokenizer.longest <= 8 * bb.max_length < min(map(len, texts[:30]))
+    bb.tokenizer = bb.tokenizer.tokenizer
+
+
+def test_minilm_cuts_long_texts_before_tokenizing_without_changing_a_token():
+    """Issue 19 item 4: a 10 KB text was tokenized whole before being truncated to 256 tokens."""
+    bb = create_backbone("minilm")
+    texts = _long_texts()
+    _assert_cut_changes_nothing(bb, texts)
+    assert bb.count_truncated(texts) == len(texts) - 2  # the zero-width and emoji texts fit in 256 tokens
+    whole = bb.tokenizer(
+        texts[:4], truncation=True, max_length=bb.max_length, padding=True, return_tensors="pt"
+    )
+    with torch.inference_mode():  # and so the predictions: the same features, from far less tokenizing
+        torch.testing.assert_close(bb(bb.preprocess(texts[:4])), bb(dict(whole)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["byte_level_bpe", "unigram"])
+def test_the_cut_holds_for_other_tokenizer_families(kind):
+    """Byte-level BPE (GPT-2, RoBERTa) splits runs of spaces by what follows them; Unigram with Metaspace
+    (T5, XLM-R) normalises them: the cut must leave both alone. Tokenizers trained here on SST-2."""
+    import csv
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    from graft.backbones.hf import HFTextBackbone
+    from tests.conftest import shared
+
+    with open(shared("text", "sst2", "train.csv"), encoding="utf-8", newline="") as f:
+        corpus = [r["text"] for r in csv.DictReader(f)]
+    specials = ["<s>", "</s>", "<pad>", "<unk>"]
+    if kind == "byte_level_bpe":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    else:
+        tok = Tokenizer(models.Unigram())
+        tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(" {2,}", " ")])
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=600, special_tokens=specials, unk_token="<unk>")
+    tok.train_from_iterator(corpus, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 1)]
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>", model_max_length=64)  # fmt: skip
+    config = BertConfig(vocab_size=len(fast), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)  # fmt: skip
+    _assert_cut_changes_nothing(
+        HFTextBackbone(BertModel(config), fast, source="test", max_length=64), _long_texts()
+    )

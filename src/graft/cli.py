@@ -442,14 +442,41 @@ def _add_serve(sub: Any, raw: type[argparse.HelpFormatter]) -> None:
         "serve", help="serve a bundle over HTTP (POST /predict, GET /health, GET /contract)",
         description="Serve a bundle with FastAPI + uvicorn. POST /predict takes JSON {\"inputs\": [texts]} "
         "(text models) or multipart uploads named 'files' (image / audio models) and answers what `graft "
-        "predict` answers; a request that breaks the contract gets HTTP 422 naming the problem. Concurrent "
-        "requests are scored in batches.",
+        "predict` answers. A request over a limit below gets HTTP 413, one that breaks the contract 422 "
+        "naming the input, and when --max-queue inputs wait, new requests get 503 with Retry-After. "
+        "Concurrent requests are scored in batches; a large request takes turns with small ones. The "
+        "line saying where the server listens is printed on stderr, --quiet included.",
         epilog=SERVE_EXAMPLES, formatter_class=raw,
     )  # fmt: skip
+
+    def size(text: str) -> int:
+        import re
+
+        found = re.fullmatch(r"(\d+)\s*([KMG]?)B?", text.strip(), re.IGNORECASE)
+        if not found:
+            raise argparse.ArgumentTypeError(f"expected a size such as 16MB, 512KB or 1048576, got {text!r}")
+        return int(found.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[found.group(2).upper()]
+
     se.add_argument("bundle", help="bundle folder, or a run folder")
     se.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
     se.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free one, printed)")
     se.add_argument("--max-batch", type=int, default=64, help="inputs scored together at most (default: 64)")
+    se.add_argument("--threads", type=int, default=2, help="batches scored at once (default: 2; a large "
+                    "request never holds the last free one, so small requests are not held up)")  # fmt: skip
+    limits = se.add_argument_group("limits (sizes: 16MB, 512KB or bytes; MB = 2^20 bytes)")
+    limits.add_argument("--max-body", type=size, metavar="SIZE", help="request body (default: 16MB for a "
+                        "text model's JSON, 256MB for image/audio uploads); larger: 413")  # fmt: skip
+    limits.add_argument("--max-file", type=size, default=32 << 20, metavar="SIZE",
+                        help="each uploaded file (default: 32MB); larger: 413")  # fmt: skip
+    limits.add_argument("--max-inputs", type=int, default=1024, metavar="N",
+                        help="texts or files per request (default: 1024); more: 413")  # fmt: skip
+    limits.add_argument("--max-text-chars", type=int, default=100_000, metavar="N",
+                        help="characters per text (default: 100000); longer: 413. Texts are cut to what the "
+                        "model reads (its max_length tokens) before tokenizing, so a long text costs no "
+                        "more than one that fills the window")  # fmt: skip
+    limits.add_argument("--max-queue", type=int, default=4096, metavar="N",
+                        help="inputs waiting to be scored before new requests get 503 (default: 4096; at "
+                        "least --max-inputs)")  # fmt: skip
     _add_common(se)
 
 
@@ -843,19 +870,22 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     from graft.api import load
-    from graft.serve import serve
+    from graft.serve import ServeLimits, check_scoring, serve
 
+    check_scoring(args.max_batch, args.threads)  # every option checked before the bundle is loaded
+    limits = ServeLimits(
+        max_body=args.max_body, max_file=args.max_file, max_inputs=args.max_inputs,
+        max_text_chars=args.max_text_chars, max_queue=args.max_queue,
+    )  # fmt: skip
     model = load(args.bundle)
 
     def ready(url: str) -> None:
-        if not args.quiet:
-            print(
-                f"graft: serving {args.bundle} on {url} (POST /predict; Ctrl-C stops)",
-                file=sys.stderr,
-                flush=True,
-            )
+        # Printed even with --quiet: with --port 0 it is the only way to learn the port.
+        print(f"graft: serving {args.bundle} on {url} (POST /predict; Ctrl-C stops)", file=sys.stderr,
+              flush=True)  # fmt: skip
 
-    serve(model, host=args.host, port=args.port, max_batch=args.max_batch, ready=ready)
+    serve(model, host=args.host, port=args.port, max_batch=args.max_batch, threads=args.threads,
+          limits=limits, ready=ready)  # fmt: skip
     return EXIT_OK
 
 

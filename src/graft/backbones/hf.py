@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,13 @@ from graft.backbones.base import Backbone, Contract, LayerGroup, find_block_list
 from graft.errors import ConfigError
 
 POOLING_MODES = ("mean", "cls", "max", "lasttoken")
+# A fast tokenizer's truncation and padding are settings of one shared Rust object that each call may
+# change; two threads tokenising at once (``graft serve`` scores on several) fail with "Already
+# borrowed". Tokenising is short next to the forward pass, so one lock for the process costs little.
+_TOKENIZER_LOCK = threading.Lock()
+# Characters per token tried first when cutting a long text (English runs at about 4.5 per WordPiece
+# token); a cut that proves too short is doubled, so this only sets how often that happens.
+_CHARS_PER_TOKEN = 8
 
 
 @contextlib.contextmanager
@@ -137,13 +145,14 @@ class HFTextBackbone(Backbone):
         return [LayerGroup(g.name, {f"model.{k}": p for k, p in g.params.items()}) for g in groups]
 
     def preprocess(self, examples: list[Any]) -> dict[str, torch.Tensor]:
-        encoded = self.tokenizer(
-            list(examples),
-            truncation=True,
-            max_length=self.max_length,
-            padding=True,
-            return_tensors="pt",
-        )
+        with _TOKENIZER_LOCK:
+            encoded = self.tokenizer(
+                self._cut(list(examples)),
+                truncation=True,
+                max_length=self.max_length,
+                padding=True,
+                return_tensors="pt",
+            )
         return {k: encoded[k] for k in self._input_names if k in encoded}
 
     def count_truncated(self, examples: list[Any]) -> int:
@@ -152,9 +161,42 @@ class HFTextBackbone(Backbone):
         long = [t for t in examples if len(t.encode("utf-8")) > limit]
         if not long:
             return 0
-        with _quiet_transformers():  # it warns that these texts exceed the limit: counting them is the point
-            ids = self.tokenizer(long, add_special_tokens=False, truncation=False)["input_ids"]
+        with _TOKENIZER_LOCK, _quiet_transformers():  # it warns that these texts exceed the limit
+            ids = self.tokenizer(self._cut(long), add_special_tokens=False, truncation=False)["input_ids"]
         return sum(len(x) > limit for x in ids)
+
+    def _cut(self, texts: list[str]) -> list[str]:
+        """Each text cut to a prefix whose tokens begin as the whole text's do, for at least as many
+        tokens as the model reads, so a 10 KB text costs the tokenizer what a 256-token one does and
+        no prediction changes.
+
+        A tokenizer splits the normalised text into words (pre-tokens) and tokenises each word alone;
+        a cut can change only the prefix's last word (cut in two) and the one before it (a run of
+        spaces split differently). So a prefix is kept once the tokens before its last two words
+        reach the limit; otherwise the prefix doubles, up to the whole text. Tokenizers without word
+        boundaries (one word for the whole text), slow tokenizers and left-side truncation are never
+        cut. Call with ``_TOKENIZER_LOCK`` held.
+        """
+        limit = self.max_length - self._n_special
+        size = self.max_length * _CHARS_PER_TOKEN
+        pending = [i for i, t in enumerate(texts) if len(t) > size]
+        if not pending or not self.tokenizer.is_fast or self.tokenizer.truncation_side != "right":
+            return texts
+        out = list(texts)
+        with _quiet_transformers():  # prefixes longer than the model's limit are the point here
+            while pending:
+                encoded = self.tokenizer([texts[i][:size] for i in pending], add_special_tokens=False)
+                short = []
+                for row, i in enumerate(pending):
+                    words = encoded.word_ids(row)
+                    last = words[-1] if words else None
+                    if last is not None and sum(w is not None and w < last - 1 for w in words) >= limit:
+                        out[i] = texts[i][:size]
+                    else:
+                        short.append(i)
+                size *= 2
+                pending = [i for i in short if len(texts[i]) > size]
+        return out
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.model(**batch).last_hidden_state
