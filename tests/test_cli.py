@@ -48,7 +48,7 @@ def test_bad_input_is_one_clear_line_exit_2(tmp_path):
 def test_bad_config_value_exit_2(tmp_path, capsys):
     (tmp_path / "d.csv").write_text("text,label\na,x\nb,y\n")
     assert main(["fit", str(tmp_path / "d.csv"), "--epochs", "0", "--out", str(tmp_path / "r")]) == 2
-    assert "epochs must be >= 1" in capsys.readouterr().err
+    assert "epochs must be an integer >= 1, got 0" in capsys.readouterr().err
 
 
 def test_unknown_backbone_exit_2(tmp_path, sentiment_csv, capsys):
@@ -448,7 +448,7 @@ def test_texts_the_backbone_cannot_read_are_bad_rows_and_refused_inputs(
     assert "line 82: nothing for backbone" in err and "--skip-bad" in err
     assert main([*fit, "--skip-bad", "--overwrite", "--quiet", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert "skipped 1 rows (--skip-bad): see skipped" in summary["warnings"]
+    assert "skipped 1 rows the backbone cannot read (--skip-bad): see skipped" in summary["warnings"]
 
     inputs = tmp_path / "new.txt"
     inputs.write_text("the movie was great\n\U0001f600\n", encoding="utf-8")
@@ -469,3 +469,14 @@ def test_fit_json_summary_carries_the_data_warnings(tiny_source, sentiment_csv, 
     assert any(
         w.startswith("leakage: 10 of the 10 test examples are copies of training examples") for w in warnings
     )
+
+
+def test_python_api_seeds_are_checked_like_the_options(tmp_path):
+    import graft
+    from graft.errors import ConfigError
+    from graft.rank import rank
+
+    with pytest.raises(ConfigError, match="seed must be an integer from 0 to 4294967295, got -1"):
+        rank(tmp_path / "d.csv", ["minilm"], seed=-1)
+    with pytest.raises(ConfigError, match="seed must be an integer from 0 to 4294967295, got 1844"):
+        graft.adapt(tmp_path / "bundle", ["a text"], seed=2**64, out=tmp_path / "adapted")

@@ -764,6 +764,9 @@ def adapt(
         the chosen model (the source model itself when nothing beat it), with ``manifest_["adaptation"]``.
     """
     from graft.adaptation import Target, adapt_model
+    from graft.config import SEED
+
+    SEED.check("seed", seed)  # before any work: numpy's generators take 0 .. 2**32 - 1
 
     _check_adapt_out(model, out)
     model = model if isinstance(model, Model) else load(model)

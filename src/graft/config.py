@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,9 +80,9 @@ class Bounds:
     def problem(self, value: Any) -> str | None:
         """Why ``value`` is refused (``must be ..., got ...``), or ``None`` when it is accepted."""
         refused = f"must be {self.describe()}, got {value!r}"
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return refused
-        if self.integer and not isinstance(value, int):
+        if isinstance(value, bool) or not isinstance(
+            value, numbers.Integral if self.integer else numbers.Real
+        ):
             return refused
         if not math.isfinite(value):
             return refused

@@ -224,7 +224,7 @@ def leave_out_examples(
         raise DataError(format_problems(f"{ds.source}: {len(problems)} {noun} in the data", problems) + hint)
     kept = ds.subset([i for i in range(len(ds)) if i not in bad])
     kept.report = ds.report
-    leave_out(problems, "rows", ds.report)
+    leave_out(problems, "rows the backbone cannot read", ds.report)
     ds.report.n_rows = len(kept)
     short = {label: n for label, n in kept.class_counts().items() if n < min_per_class}
     if short and kept.task == "multiclass":
