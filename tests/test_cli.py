@@ -480,3 +480,21 @@ def test_python_api_seeds_are_checked_like_the_options(tmp_path):
         rank(tmp_path / "d.csv", ["minilm"], seed=-1)
     with pytest.raises(ConfigError, match="seed must be an integer from 0 to 4294967295, got 1844"):
         graft.adapt(tmp_path / "bundle", ["a text"], seed=2**64, out=tmp_path / "adapted")
+
+
+def test_numeric_labels_are_one_class_however_written_in_fit_and_evaluate(tiny_source, tmp_path, capsys):
+    spellings = {"positive": ["1", "1.0", " 1"], "negative": ["0", "0.0", " 0"]}
+    rows = [(text, spellings[label][i % 3]) for i, (text, label) in enumerate(make_sentiment(30))]
+    data = tmp_path / "d.csv"
+    with open(data, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("text", "label"), *rows])
+    out = tmp_path / "run"
+    fit = _fit_args(data, tiny_source, out, "--strategy", "linear_probe", "--baselines", "none")
+    assert main([*fit, "--json", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert json.loads((out / "bundle" / "graft.json").read_text())["label_space"] == [0, 1]
+    assert any("were read as one class" in w and "-> 1" in w for w in summary["warnings"])
+    assert main(["evaluate", str(out), str(data), "--json", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["n"] == 60
+    assert "graft: warning: labels written differently were read as one class" in captured.err

@@ -244,6 +244,14 @@ def test_a_text_of_invisible_characters_is_empty(tmp_path):
         read_text_dataset(path)
 
 
+def test_an_empty_or_invisible_prediction_input_is_refused(tmp_path):
+    with pytest.raises(ContractError, match=r"input 1: empty text \(only invisible characters '\\u200b'\)"):
+        read_text_inputs(["good film", "\u200b", "fine"])
+    path = write(tmp_path, "new.csv", "id,text\n1,good film\n2,\n")
+    with pytest.raises(ContractError, match=r"line 3: empty text"):
+        read_text_inputs(path, text_col="text")
+
+
 def test_two_columns_of_one_name_are_refused(tmp_path):
     path = write(tmp_path, "d.csv", "text,label,text\ngood,p,x\nbad,n,y\n")
     with pytest.raises(DataError, match=r"d.csv: two columns are named 'text' \(columns 1 and 3\)"):

@@ -33,6 +33,7 @@ from graft.bundle import load_network, make_manifest, read_manifest, save_bundle
 from graft.config import BackboneConfig, DataConfig, RunConfig, StrategyConfig
 from graft.data import Dataset, detect_modality, layout_splits, read_dataset, read_inputs
 from graft.data.dataset import examples_fingerprint, leave_out_examples
+from graft.data.encodings import emit_warnings
 from graft.distributed import barrier, is_main_process
 from graft.engine import Callback
 from graft.errors import ConfigError, ContractError, DataError, format_problems
@@ -276,7 +277,9 @@ class Model:
                 self.contract.get("text_col") or self.contract.get("path_col"), self.contract.get("label_col")
             ),
         )  # fmt: skip
-        return leave_out_examples(ds, self.network_.backbone.unreadable(ds.examples), skip_bad=skip_bad)
+        ds = leave_out_examples(ds, self.network_.backbone.unreadable(ds.examples), skip_bad=skip_bad)
+        emit_warnings(ds.report)  # labels merged, rows skipped: no report of the data is shown here
+        return ds
 
     @property
     def costs_(self) -> Costs | None:

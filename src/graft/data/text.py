@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from graft.config import DataConfig
-from graft.data.dataset import SKIP_BAD_HINT, DataReport, Dataset, build_dataset, leave_out
+from graft.data.dataset import SKIP_BAD_HINT, DataReport, Dataset, build_dataset, is_blank, leave_out
 from graft.data.encodings import decode_bytes, emit_warnings
 from graft.data.formats import media_modality
 from graft.errors import ContractError, DataError, format_problems
@@ -598,6 +598,10 @@ def _check_texts(texts: list[Any], source: str, table: Table | None = None) -> N
         where = table.where(i) if table else f"input {i}"
         if not isinstance(t, str):
             problems.append(f"{where}: {type(t).__name__} {t!r} is not text")
+        elif is_blank(t):
+            problems.append(
+                f"{where}: empty text" + (f" (only invisible characters {t[:20]!r})" if t.strip() else "")
+            )
     if problems:
         raise ContractError(format_problems(f"{source}: this model takes text (modality 'text')", problems))
     _refuse_media(texts, source)
