@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
+import dataclasses
 import json
 import re
 import subprocess
@@ -10,7 +12,7 @@ import sys
 
 import pytest
 
-from graft.cli import COMMANDS, main
+from graft.cli import COMMANDS, SECTIONS, build_parser, main
 from tests.conftest import make_sentiment
 
 
@@ -46,7 +48,7 @@ def test_bad_input_is_one_clear_line_exit_2(tmp_path):
 def test_bad_config_value_exit_2(tmp_path, capsys):
     (tmp_path / "d.csv").write_text("text,label\na,x\nb,y\n")
     assert main(["fit", str(tmp_path / "d.csv"), "--epochs", "0", "--out", str(tmp_path / "r")]) == 2
-    assert "epochs must be >= 1" in capsys.readouterr().err
+    assert "epochs must be an integer >= 1, got 0" in capsys.readouterr().err
 
 
 def test_unknown_backbone_exit_2(tmp_path, sentiment_csv, capsys):
@@ -330,3 +332,169 @@ def test_costs_from_fit_to_predict_and_evaluate(tiny_source, sentiment_csv, tmp_
     assert "'zero' is not a cost" in capsys.readouterr().err
     assert main(["evaluate", str(out), str(sentiment_csv), "--quiet"]) == 0
     assert "cost per prediction:" in capsys.readouterr().out
+
+
+# -- issue 19: every input checked before work, with exit 2 --------------------------------------
+
+
+def _exit_code(argv: list[str]) -> int:
+    """main's exit code, whether the parser refused the option (SystemExit) or the command did."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["fit", "D", "--seed", "-1"], "seed must be an integer from 0 to 4294967295, got -1"),
+        (["fit", "D", "--seed", str(2**64)], "seed must be an integer from 0 to 4294967295, got 1844"),
+        (["pretrain", "D", "--arch", "small_cnn", "--seed", "-1"], "seed must be an integer from 0 to"),
+        (["curve", "D", "--seed", str(2**64)], "seed must be an integer from 0 to 4294967295"),
+        (["rank", "D", "-b", "minilm", "--seed", "-1"], "argument --seed: must be an integer from 0 to"),
+        (["adapt", "B", "--target", "t.txt", "--seed", "-1"], "argument --seed: must be an integer from 0"),
+        (
+            ["export", "B", "--tolerance", "nan"],
+            "argument --tolerance: must be a number from 0 to 1, got nan",
+        ),
+        (["export", "B", "--tolerance", "-1"], "argument --tolerance: must be a number from 0 to 1, got -1"),
+        (["fit", "D", "--lr", "nan"], "lr must be a finite number > 0, got nan"),
+        (["fit", "D", "--head-lr", "inf"], "head_lr must be a finite number > 0, got inf"),
+        (["fit", "D", "--weight-decay", "nan"], "weight_decay must be a finite number >= 0, got nan"),
+        (["fit", "D", "--grad-clip", "nan"], "grad_clip must be a finite number > 0, got nan"),
+        (["fit", "D", "--lora-alpha", "0"], "lora_alpha must be a finite number > 0, got 0.0"),
+        (["fit", "D", "--val-fraction", "nan"], "val_fraction must be a number from 0.01 to 0.9, got nan"),
+        (["fit", "D", "--budget", "9" * 400 + "s"], "is not a duration"),
+        (["fit", "D", "--encoding", "klingon"], "encoding 'klingon' is not a text encoding"),
+        (["curve", "D", "--seeds", "0"], "argument --seeds: must be an integer >= 1, got 0"),
+        (["rank", "D", "-b", "minilm", "--limit", "0"], "argument --limit: must be an integer >= 2, got 0"),
+        (["serve", "B", "--port", "70000"], "argument --port: must be an integer from 0 to 65535, got 70000"),
+        (["serve", "B", "--max-batch", "0"], "argument --max-batch: must be an integer >= 1, got 0"),
+    ],
+)
+def test_option_values_are_refused_before_any_work(
+    argv, message, tiny_source, sentiment_csv, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    paths = {"D": str(sentiment_csv), "B": str(tmp_path / "no-bundle")}
+    argv = [paths.get(a, a) for a in argv]
+    quick = {"fit": ["--backbone", tiny_source, "--strategy", "linear_probe", "--baselines", "none"],
+             "curve": ["--backbone", tiny_source, "--strategies", "linear_probe", "--seeds", "1"],
+             "export": ["--out", str(out / "m.onnx")], "adapt": ["--out", str(out)],
+             "pretrain": ["--out", str(out)]}  # fmt: skip
+    if argv[0] == "fit":
+        argv += ["--out", str(out)]
+    assert _exit_code([*argv, *quick.get(argv[0], []), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_every_numeric_option_of_every_command_is_range_checked():
+    """A number the user types is checked before work starts: by its config field's bounds, or by the
+    option's own range (argparse type)."""
+    sections = {name: cls for name, cls, _ in SECTIONS}
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    unchecked = []
+    for command, sub in commands.items():
+        for action in sub._actions:
+            if action.type not in (int, float):
+                continue  # not a number, or checked by its own type function
+            section, _, name = action.dest.partition(".")
+            fields = {f.name: f for f in dataclasses.fields(sections[section])} if section in sections else {}
+            if name not in fields or "bounds" not in fields[name].metadata:
+                unchecked.append(f"{command} {action.option_strings[0]}")
+    assert unchecked == []
+
+
+def test_group_col_with_one_group_is_refused_naming_the_column(tiny_source, sentiment_csv, tmp_path, capsys):
+    rows = list(csv.reader(sentiment_csv.open()))
+    data = tmp_path / "grouped.csv"
+    with open(data, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([[*rows[0], "speaker"], *([*row, "s0"] for row in rows[1:])])
+    fit = _fit_args(data, tiny_source, tmp_path / "run", "--strategy", "linear_probe", "--baselines", "none")
+    assert main([*fit, "--group-col", "speaker", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "needs at least 2 groups, but --group-col 'speaker' puts these 80 examples in 1 group" in err
+    assert "Traceback" not in err
+
+
+def test_max_length_beyond_the_backbone_is_refused(tiny_source, sentiment_csv, tmp_path, capsys):
+    fit = _fit_args(sentiment_csv, tiny_source, tmp_path / "run", "--strategy", "linear_probe")
+    assert main([*fit, "--max-length", "1000", "--quiet"]) == 2
+    assert "max_length 1000 is more than backbone" in capsys.readouterr().err
+
+
+def test_curve_size_above_the_smallest_class_is_refused(tiny_source, sentiment_csv, capsys):
+    argv = ["curve", str(sentiment_csv), "--backbone", tiny_source, "--sizes", "4,1000,all",
+            "--strategies", "linear_probe", "--seeds", "1", "--quiet"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    refused = r"--sizes 1000: more examples per class than the training data holds: class '\w+' has 32 after"
+    assert re.search(refused, err) and "use sizes up to 32, or 'all'" in err
+
+
+def test_texts_the_backbone_cannot_read_are_bad_rows_and_refused_inputs(
+    tiny_source, sentiment_csv, tmp_path, capsys
+):
+    """The tiny BERT's vocabulary has no emoji: each such text is [CLS] [UNK] [SEP] to it."""
+    data = tmp_path / "d.csv"
+    data.write_text(sentiment_csv.read_text() + "\U0001f600\U0001f389,positive\n", encoding="utf-8")
+    fit = _fit_args(data, tiny_source, tmp_path / "run", "--strategy", "linear_probe", "--baselines", "none")
+    assert main([*fit, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "line 82: nothing for backbone" in err and "--skip-bad" in err
+    assert main([*fit, "--skip-bad", "--overwrite", "--quiet", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert "skipped 1 rows the backbone cannot read (--skip-bad): see skipped" in summary["warnings"]
+
+    inputs = tmp_path / "new.txt"
+    inputs.write_text("the movie was great\n\U0001f600\n", encoding="utf-8")
+    assert main(["predict", str(tmp_path / "run"), str(inputs), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "1 input(s) this model cannot read" in err and "input 1: nothing for backbone" in err
+    assert main(["evaluate", str(tmp_path / "run"), str(data), "--skip-bad", "--json", "--quiet"]) == 0
+    evaluation = json.loads(capsys.readouterr().out)
+    assert evaluation["n"] == 80 and evaluation["skipped"][0].startswith("line 82: nothing for backbone")
+
+
+def test_fit_json_summary_carries_the_data_warnings(tiny_source, sentiment_csv, tmp_path, capsys):
+    test = tmp_path / "test.csv"
+    test.write_text("\n".join(sentiment_csv.read_text().splitlines()[:11]) + "\n", encoding="utf-8")
+    fit = _fit_args(sentiment_csv, tiny_source, tmp_path / "run", "--strategy", "linear_probe")
+    assert main([*fit, "--test", str(test), "--baselines", "none", "--json", "--quiet"]) == 0
+    warnings = json.loads(capsys.readouterr().out)["warnings"]
+    assert any(
+        w.startswith("leakage: 10 of the 10 test examples are copies of training examples") for w in warnings
+    )
+
+
+def test_python_api_seeds_are_checked_like_the_options(tmp_path):
+    import graft
+    from graft.errors import ConfigError
+    from graft.rank import rank
+
+    with pytest.raises(ConfigError, match="seed must be an integer from 0 to 4294967295, got -1"):
+        rank(tmp_path / "d.csv", ["minilm"], seed=-1)
+    with pytest.raises(ConfigError, match="seed must be an integer from 0 to 4294967295, got 1844"):
+        graft.adapt(tmp_path / "bundle", ["a text"], seed=2**64, out=tmp_path / "adapted")
+
+
+def test_numeric_labels_are_one_class_however_written_in_fit_and_evaluate(tiny_source, tmp_path, capsys):
+    spellings = {"positive": ["1", "1.0", " 1"], "negative": ["0", "0.0", " 0"]}
+    rows = [(text, spellings[label][i % 3]) for i, (text, label) in enumerate(make_sentiment(30))]
+    data = tmp_path / "d.csv"
+    with open(data, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("text", "label"), *rows])
+    out = tmp_path / "run"
+    fit = _fit_args(data, tiny_source, out, "--strategy", "linear_probe", "--baselines", "none")
+    assert main([*fit, "--json", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert json.loads((out / "bundle" / "graft.json").read_text())["label_space"] == [0, 1]
+    assert any("were read as one class" in w and "-> 1" in w for w in summary["warnings"])
+    assert main(["evaluate", str(out), str(data), "--json", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["n"] == 60
+    assert "graft: warning: labels written differently were read as one class" in captured.err

@@ -50,11 +50,23 @@ def test_tsv_and_json_cost_matrices_and_integer_labels(tmp_path):
         ("x,ham,spam\nham,0\nspam,1,0\n", "line 2: 1 costs for 2 answers"),
         ("x,ham,spam,ham\nham,0,1,1\nspam,1,0,0\n", "an answer is named twice"),
         ("x,ham,spam\nham,0,inf\nspam,1,0\n", "'inf' is not a cost"),
+        # issue 19: a minus sign flipped decisions unnoticed
+        (
+            "x,ham,spam\nham,0,10\nspam,-1,0\n",
+            r"line 3, column 'ham': the cost '-1' is negative; costs must be >= 0",
+        ),
     ],
 )
 def test_a_wrong_cost_file_names_the_line_and_cell(tmp_path, text, message):
     with pytest.raises(DataError, match=message):
         read_costs(write(tmp_path, "costs.csv", text), ["ham", "spam"])
+
+
+def test_a_negative_json_cost_is_refused_and_class_names_are_read_as_labels_are(tmp_path):
+    with pytest.raises(DataError, match=r"row 'ham', answer 'spam': the cost -2 is negative"):
+        read_costs(write(tmp_path, "c.json", json.dumps({"ham": {"spam": -2}})), ["ham", "spam"])
+    costs = read_costs(write(tmp_path, "c.csv", "x,0.0,1.0\n0.0,0,2\n1.0,3,0\n"), [0, 1])
+    np.testing.assert_array_equal(costs.matrix, [[0, 2], [3, 0]])
 
 
 def test_missing_files_bad_json_and_a_class_named_abstain_are_refused(tmp_path):

@@ -116,6 +116,33 @@ def test_integer_labels_from_csv_and_json_mean_the_same_class(tmp_path):
     assert csv_ds.label_space == json_ds.label_space == (0, 1)
 
 
+def test_labels_that_denote_one_whole_number_are_one_class_with_a_warning(tmp_path):
+    rows = [f"text {i},{label}" for i, label in enumerate(["1", "1.0", " 1", "0", "0.0", " 0"] * 3)]
+    ds = read_text_dataset(write(tmp_path, "d.csv", "text,label\n" + "\n".join(rows) + "\n"))
+    assert ds.label_space == (0, 1) and ds.class_counts() == {0: 9, 1: 9}
+    (warning,) = ds.report.warnings
+    assert "'1' (3 rows), '1.0' (3 rows), ' 1' (3 rows) -> 1" in warning and "docs/data.md" in warning
+    # evaluation data: a test file's 1.0 is the model's class 1, with no warning (one spelling each)
+    test = read_text_dataset(
+        write(tmp_path, "t.csv", "text,label\na,1.0\nb,0.0\n"), label_space=(0, 1), task="multiclass"
+    )
+    assert test.targets.tolist() == [1, 0] and not test.report.warnings
+    assert "labels read as '1.0' as 1, '0.0' as 0" in test.report.notes
+
+
+def test_labels_that_only_look_alike_stay_apart_with_a_warning():
+    labels = ["Positive", "positive", "0.5", "0.50"] * 2
+    ds = read_text_dataset([f"text {i}" for i in range(8)], labels=labels)
+    assert ds.label_space == ("0.5", "0.50", "Positive", "positive")
+    (warning,) = ds.report.warnings
+    assert "'Positive' (2 rows) and 'positive' (2 rows)" in warning and "'0.5' (2 rows) and '0.50'" in warning
+
+
+def test_regression_targets_are_read_as_numbers_whatever_their_spelling():
+    ds = read_text_dataset(["a", "b", "c"], DataConfig(task="regression"), labels=["1", " 1.0", "2.5"])
+    assert ds.targets.tolist() == [1.0, 1.0, 2.5] and not ds.report.warnings
+
+
 def test_csv_cell_of_a_megabyte_reads_like_jsonl(tmp_path):
     big = "word " * 200_000
     rows = [(big, "a"), ("short", "b"), ("other", "a"), ("more", "b")]
@@ -209,6 +236,33 @@ def test_every_bad_row_is_reported_at_once(tmp_path):
     assert "line 3: empty text" in message
     assert "line 4: missing label" in message
     assert "line 5: empty text" in message
+
+
+def test_a_text_of_invisible_characters_is_empty(tmp_path):
+    path = write(tmp_path, "d.csv", "text,label\ngood,p\n\u200b\u200d\ufeff,n\nbad,n\nfine,p\n")
+    with pytest.raises(DataError, match=r"line 3: empty text: only invisible characters"):
+        read_text_dataset(path)
+
+
+def test_an_empty_or_invisible_prediction_input_is_refused(tmp_path):
+    with pytest.raises(ContractError, match=r"input 1: empty text \(only invisible characters '\\u200b'\)"):
+        read_text_inputs(["good film", "\u200b", "fine"])
+    path = write(tmp_path, "new.csv", "id,text\n1,good film\n2,\n")
+    with pytest.raises(ContractError, match=r"line 3: empty text"):
+        read_text_inputs(path, text_col="text")
+
+
+def test_two_columns_of_one_name_are_refused(tmp_path):
+    path = write(tmp_path, "d.csv", "text,label,text\ngood,p,x\nbad,n,y\n")
+    with pytest.raises(DataError, match=r"d.csv: two columns are named 'text' \(columns 1 and 3\)"):
+        read_text_dataset(path)
+    frame = pd.DataFrame([["good", "p", "x"], ["bad", "n", "y"]], columns=["text", "label", "text"])
+    with pytest.raises(DataError, match="two columns are named 'text'"):
+        read_text_dataset(frame)
+    lines = '{"text": "good", "label": "p", "text": "x"}\n{"text": "bad", "label": "n"}\n'
+    jsonl = write(tmp_path, "d.jsonl", lines)
+    with pytest.raises(DataError, match=r"line 1: field 'text' appears twice in one object"):
+        read_text_dataset(jsonl)
 
 
 def test_one_class_is_refused(tmp_path):

@@ -4,8 +4,10 @@ as given."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from graft.data import build_dataset
+from graft.errors import DataError
 from graft.protocols import CV_ESTIMATE_MAX_EXAMPLES, CV_MAX_EXAMPLES, make_protocol
 
 
@@ -120,3 +122,28 @@ def test_multilabel_holdout_is_iteratively_stratified_and_keeps_copies_together(
     assert ds.targets[out, rare].sum() == 1 and ds.targets[keep, rare].sum() == 3  # 4 positives: 1 : 3
     assert ({0, 1} <= set(out.tolist())) or ({0, 1} <= set(keep.tolist()))
     assert abs(len(out) - 50) <= 2
+
+
+def _grouped(groups: list[str]):
+    ds = _data(20, classes=2)
+    ds.groups, ds.group_col = np.array([groups[i % len(groups)] for i in range(len(ds))]), "speaker"
+    return ds
+
+
+def test_a_grouping_that_leaves_nothing_to_split_names_the_column_and_what_is_needed():
+    with pytest.raises(DataError, match=r"5-fold cross-validation needs at least 2 groups, but --group-col "
+                       r"'speaker' puts these 40 examples in 1 group"):  # fmt: skip
+        make_protocol(_grouped(["s0"]), estimate="cv")
+    with pytest.raises(DataError, match=r"holding out a test split needs at least 3 groups.*in 2 groups"):
+        make_protocol(_grouped(["s0", "s1"]), estimate="holdout")
+    # two groups fill the outer folds, but leave one group to choose on inside each: refused up front
+    with pytest.raises(DataError, match=r"cross-validation inside a fold of the cross-validated estimate"):
+        make_protocol(_grouped(["s0", "s1"]), estimate="cv")
+    assert make_protocol(_grouped(["s0", "s1", "s2"]), estimate="cv").outer
+
+
+def test_the_largest_seed_makes_every_split():
+    """Seeds derived from the run's (seed + 1, ...) stay within numpy's 0 .. 2**32 - 1."""
+    for estimate in ("holdout", "cv"):
+        p = make_protocol(_data(10), folds=1, seed=2**32 - 1, estimate=estimate, repeats=2)
+        assert len(p.test) or p.outer

@@ -31,10 +31,11 @@ from graft.backbones.base import Backbone, Contract, check_modality
 from graft.bundle import load_network, make_manifest, read_bundle, read_manifest, save_bundle
 from graft.config import BackboneConfig, DataConfig, RunConfig, StrategyConfig
 from graft.data import Dataset, detect_modality, layout_splits, read_dataset, read_inputs
-from graft.data.dataset import examples_fingerprint
+from graft.data.dataset import examples_fingerprint, leave_out_examples
+from graft.data.encodings import emit_warnings
 from graft.distributed import barrier, is_main_process
 from graft.engine import Callback
-from graft.errors import ConfigError, ContractError, DataError
+from graft.errors import ConfigError, ContractError, DataError, format_problems
 from graft.estimate import cross_validated, held_out
 from graft.evaluation import EvaluationResult, RunReport, fit_majority
 from graft.evaluation.calibration import scale
@@ -128,7 +129,15 @@ class Model:
             ContractError: inputs of another modality (e.g. image files for a text model).
         """
         default = self.contract.get("text_col") or self.contract.get("path_col")
-        return read_inputs(inputs, self.modality, column or default, encoding)
+        examples = read_inputs(inputs, self.modality, column or default, encoding)
+        unreadable = self.network_.backbone.unreadable(examples)
+        if unreadable:  # answered, it would be the same answer whatever the text said
+            problems = [f"input {i}: {why}" for i, why in sorted(unreadable.items())]
+            raise ContractError(
+                format_problems(f"{len(problems)} input(s) this model cannot read", problems)
+                + "\nremove them, or give the texts in a form the backbone reads"
+            )
+        return examples
 
     def predict_proba(
         self, inputs: Any, *, text_col: str | None = None, encoding: str | None = None, progress: bool = False
@@ -260,13 +269,16 @@ class Model:
                 f"{data if isinstance(data, str | Path) else '<data>'} holds {modality} but this model "
                 f"takes {self.modality} (modality {self.modality!r}); use {self.modality} data"
             )
-        return read_dataset(
+        ds = read_dataset(
             data, cfg, label_space=self.label_space if self.task != "regression" else None,
             task=self.task, require_min_per_class=False,
             prefer_columns=(
                 self.contract.get("text_col") or self.contract.get("path_col"), self.contract.get("label_col")
             ),
         )  # fmt: skip
+        ds = leave_out_examples(ds, self.network_.backbone.unreadable(ds.examples), skip_bad=skip_bad)
+        emit_warnings(ds.report)  # labels merged, rows skipped: no report of the data is shown here
+        return ds
 
     @property
     def costs_(self) -> Costs | None:
@@ -595,6 +607,15 @@ def _workbench(
             progress, f"note: {truncated} texts are longer than {bb.max_length} tokens and will be truncated"
         )
     run_data.truncated = truncated
+    for name, minimum in (("source", 2), ("val", 0), ("test", 0)):  # texts the tokenizer finds nothing in
+        ds = getattr(run_data, name)
+        if ds is None:
+            continue
+        kept = leave_out_examples(ds, bb.unreadable(ds.examples), skip_bad=cfg.data.skip_bad,
+                                  min_per_class=minimum)  # fmt: skip
+        if kept is not ds:
+            _say(progress, f"warning: {ds.source}: {ds.report.warnings[-1]}")
+        setattr(run_data, name, kept)
     return bench
 
 
@@ -769,6 +790,9 @@ def adapt(
         the chosen model (the source model itself when nothing beat it), with ``manifest_["adaptation"]``.
     """
     from graft.adaptation import Target, adapt_model
+    from graft.config import SEED
+
+    SEED.check("seed", seed)  # before any work: numpy's generators take 0 .. 2**32 - 1
 
     if out is not None:  # before any work
         from graft.bundle import resolve_bundle_path

@@ -20,7 +20,10 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from graft.config import (
+    AT_LEAST_1,
+    SEED,
     BackboneConfig,
+    Bounds,
     DataConfig,
     EvalConfig,
     RunConfig,
@@ -73,7 +76,7 @@ examples:
 CURVE_EXAMPLES = """\
 examples:
   graft curve ../shared/data/text/trec/train.jsonl --test ../shared/data/text/trec/test.jsonl \\
-      --sizes 8,32,128,all --strategies linear_probe,auto --seeds 3 --out runs/trec-curve
+      --sizes 8,32,64,all --strategies linear_probe,auto --seeds 3 --out runs/trec-curve
   graft curve reviews.csv --sizes 4,16,64 --strategies linear_probe,contrastive --seeds 5
 """
 ADAPT_EXAMPLES = """\
@@ -155,6 +158,32 @@ def _type_for(hint: Any) -> tuple[Any, list[Any] | None]:
     return option, None
 
 
+def _within(bounds: Bounds) -> typing.Callable[[str], int | float]:
+    """An argparse type for an option without a config field: a number within ``bounds``, or a usage
+    error (exit 2) saying which values are allowed. (Config fields are checked by their config.)"""
+    kind = int if bounds.integer else float
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {bounds.describe()}, got {text!r}") from None
+        problem = bounds.problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return parse
+
+
+def _shown(default: Any, f: Any) -> str:
+    """The default and the allowed values of a config option, for its help."""
+    parts = [] if default is None else [f"default: {default}"]
+    if "bounds" in f.metadata:
+        parts.append(f"allowed: {f.metadata['bounds'].describe()}")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def _add_config_options(
     parser: argparse.ArgumentParser, skip: tuple[str, ...] = (), base: RunConfig | None = None
 ) -> None:
@@ -172,7 +201,7 @@ def _add_config_options(
                     help=f.metadata["help"],
                 )  # fmt: skip
                 continue
-            shown = "" if default is None else f" (default: {default})"
+            shown = _shown(default, f)
             group.add_argument(
                 flag_for(f),
                 dest=f"{_section}.{f.name}",
@@ -338,11 +367,13 @@ def _add_rank(sub: Any, raw: type[argparse.HelpFormatter]) -> None:
         "file (timm:, torchvision:, arch: sources)",
     )  # fmt: skip
     rk.add_argument(
-        "--limit", type=int, metavar="N",
+        "--limit", type=_within(Bounds(2, integer=True)), metavar="N",
         help="use at most N examples of each class (N in all for multilabel/regression), drawn with --seed",
     )  # fmt: skip
-    rk.add_argument("--folds", type=int, default=5, help="k of the stratified k-fold CV (default: 5)")
-    rk.add_argument("--seed", type=int, default=0, help="seed of the subsample and the folds (default: 0)")
+    rk.add_argument("--folds", type=_within(Bounds(2, integer=True)), default=5,
+                    help="k of the stratified k-fold CV (default: 5)")  # fmt: skip
+    rk.add_argument("--seed", type=_within(SEED), default=0,
+                    help=f"seed of the subsample and the folds (default: 0; {SEED.describe()})")  # fmt: skip
     _add_common(rk)
     _add_data_options(rk, RANK_DATA_OPTIONS)
 
@@ -358,11 +389,12 @@ def _add_curve(sub: Any, raw: type[argparse.HelpFormatter]) -> None:
         epilog=CURVE_EXAMPLES, formatter_class=raw,
     )  # fmt: skip
     cu.add_argument("data", help="labeled data, as for `graft fit`")
-    cu.add_argument("--sizes", default="8,32,128,all", help="examples per class, comma-separated; 'all' = "
-                    "the whole training data (default: 8,32,128,all)")  # fmt: skip
+    cu.add_argument("--sizes", default="8,32,128,all",
+                    help="examples per class, comma-separated, each at most the smallest class's count; "
+                    "'all' = the whole training data (default: 8,32,128,all)")  # fmt: skip
     cu.add_argument("--strategies", default="linear_probe,auto",
                     help="comma-separated strategies (default: linear_probe,auto)")  # fmt: skip
-    cu.add_argument("--seeds", type=int, default=3, help="samples per size (default: 3)")
+    cu.add_argument("--seeds", type=_within(AT_LEAST_1), default=3, help="samples per size (default: 3)")
     cu.add_argument(
         "--out", metavar="DIR", help="write metrics.json and report.html here (+ graft-output.json)"
     )
@@ -413,7 +445,8 @@ def _add_adapt(sub: Any, raw: type[argparse.HelpFormatter]) -> None:
     )  # fmt: skip
     ad.add_argument("--out", required=True, metavar="DIR", help="where the adapted bundle is written")
     ad.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    ad.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    ad.add_argument("--seed", type=_within(SEED), default=0,
+                    help=f"random seed (default: 0; allowed: {SEED.describe()})")  # fmt: skip
     _add_common(ad)
 
 
@@ -433,7 +466,8 @@ def _add_export(sub: Any, raw: type[argparse.HelpFormatter]) -> None:
     ex.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     ex.add_argument("--check", metavar="INPUTS", help="inputs for the parity check, as for `graft predict` "
                     "(default: built-in sentences, or generated images / audio)")  # fmt: skip
-    ex.add_argument("--tolerance", type=float, default=1e-4, help="largest probability difference accepted")
+    ex.add_argument("--tolerance", type=_within(Bounds(0, 1)), default=1e-4,
+                    help="largest probability difference accepted (default: 0.0001; 0 to 1)")  # fmt: skip
     _add_common(ex)
 
 
@@ -459,22 +493,25 @@ def _add_serve(sub: Any, raw: type[argparse.HelpFormatter]) -> None:
 
     se.add_argument("bundle", help="bundle folder, or a run folder")
     se.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
-    se.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free one, printed)")
-    se.add_argument("--max-batch", type=int, default=64, help="inputs scored together at most (default: 64)")
-    se.add_argument("--threads", type=int, default=2, help="batches scored at once (default: 2; a large "
-                    "request never holds the last free one, so small requests are not held up)")  # fmt: skip
+    se.add_argument("--port", type=_within(Bounds(0, 65535, integer=True)), default=8000,
+                    help="port (default: 8000; 0: any free one, printed)")  # fmt: skip
+    se.add_argument("--max-batch", type=_within(AT_LEAST_1), default=64,
+                    help="inputs scored together at most (default: 64)")  # fmt: skip
+    se.add_argument("--threads", type=_within(AT_LEAST_1), default=2,
+                    help="batches scored at once (default: 2; a large request never holds the last free one, "
+                    "so small requests are not held up)")  # fmt: skip
     limits = se.add_argument_group("limits (sizes: 16MB, 512KB or bytes; MB = 2^20 bytes)")
     limits.add_argument("--max-body", type=size, metavar="SIZE", help="request body (default: 16MB for a "
                         "text model's JSON, 256MB for image/audio uploads); larger: 413")  # fmt: skip
     limits.add_argument("--max-file", type=size, default=32 << 20, metavar="SIZE",
                         help="each uploaded file (default: 32MB); larger: 413")  # fmt: skip
-    limits.add_argument("--max-inputs", type=int, default=1024, metavar="N",
+    limits.add_argument("--max-inputs", type=_within(AT_LEAST_1), default=1024, metavar="N",
                         help="texts or files per request (default: 1024); more: 413")  # fmt: skip
-    limits.add_argument("--max-text-chars", type=int, default=100_000, metavar="N",
+    limits.add_argument("--max-text-chars", type=_within(AT_LEAST_1), default=100_000, metavar="N",
                         help="characters per text (default: 100000); longer: 413. Texts are cut to what the "
                         "model reads (its max_length tokens) before tokenizing, so a long text costs no "
                         "more than one that fills the window")  # fmt: skip
-    limits.add_argument("--max-queue", type=int, default=4096, metavar="N",
+    limits.add_argument("--max-queue", type=_within(AT_LEAST_1), default=4096, metavar="N",
                         help="inputs waiting to be scored before new requests get 503 (default: 4096; at "
                         "least --max-inputs)")  # fmt: skip
     _add_common(se)
@@ -508,7 +545,8 @@ def _add_data_options(parser: argparse.ArgumentParser, names: tuple[str, ...]) -
                                help=f.metadata["help"])  # fmt: skip
             continue
         group.add_argument(flag_for(f), dest=f"data.{f.name}", type=kind, choices=choices, default=None,
-                           metavar=None if choices else f.name.upper(), help=f.metadata["help"])  # fmt: skip
+                           metavar=None if choices else f.name.upper(),
+                           help=f.metadata["help"] + _shown(None, f))  # fmt: skip
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -571,6 +609,8 @@ def cmd_fit(args: argparse.Namespace, out: TextIO) -> int:
         }
         summary["candidates"] = strategy.get("candidates", [])
         summary["timings_s"] = {k: round(v, 3) for k, v in model.report_.timings.items()}
+    # what the data checks warned about on stderr (leakage from a --test/--val file included)
+    summary["warnings"] = list(model.report_.data.get("warnings", [])) if model.report_ is not None else []
     if args.json:
         print(json.dumps(summary, default=str), file=out)
     else:

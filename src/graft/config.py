@@ -13,6 +13,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,17 +35,89 @@ Augment = Literal["auto", "none", "crop", "crop_flip"]
 Baselines = Literal["auto", "none", "cheap", "all"]
 
 
-def _help(text: str, flag: str | None = None, **extra: Any) -> dict[str, Any]:
+def _help(text: str, flag: str | None = None, bounds: Bounds | None = None, **extra: Any) -> dict[str, Any]:
     meta: dict[str, Any] = {"help": text}
     if flag:
         meta["flag"] = flag
+    if bounds:
+        meta["bounds"] = bounds
     meta.update(extra)
     return meta
 
 
-def _check_fraction(name: str, value: float, low: float = 0.0, high: float = 0.9) -> None:
-    if not (low <= value <= high):
-        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric option accepts: a finite number (or an integer) within ``low`` .. ``high``,
+    either end open or absent. Kept in a field's metadata, it is checked by the config (for the CLI,
+    the Python API and YAML alike) and shown in the CLI's help.
+
+    Example:
+        >>> Bounds(0, 1, low_open=True).problem(0.0)
+        'must be a number in (0, 1], got 0.0'
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+
+    def describe(self) -> str:
+        """The accepted values in words: ``an integer >= 1``, ``a number in (0, 1]``."""
+        bounded = self.low is not None and self.high is not None
+        kind = "an integer" if self.integer else "a number" if bounded else "a finite number"
+        low, high = _number_text(self.low), _number_text(self.high)
+        if bounded:
+            if not (self.low_open or self.high_open):
+                return f"{kind} from {low} to {high}"
+            return f"{kind} in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{kind} {'>' if self.low_open else '>='} {low}"
+        if self.high is not None:
+            return f"{kind} {'<' if self.high_open else '<='} {high}"
+        return kind
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is refused (``must be ..., got ...``), or ``None`` when it is accepted."""
+        refused = f"must be {self.describe()}, got {value!r}"
+        if isinstance(value, bool) or not isinstance(
+            value, numbers.Integral if self.integer else numbers.Real
+        ):
+            return refused
+        if not math.isfinite(value):
+            return refused
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return refused
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return refused
+        return None
+
+    def check(self, name: str, value: Any) -> None:
+        """Raise a :class:`ConfigError` naming ``name`` when ``value`` is refused."""
+        problem = self.problem(value)
+        if problem:
+            raise ConfigError(f"{name} {problem}")
+
+
+def _number_text(value: float | None) -> str:
+    return str(int(value)) if value is not None and float(value).is_integer() else str(value)
+
+
+AT_LEAST_1 = Bounds(1, integer=True)
+POSITIVE = Bounds(0, low_open=True)
+# numpy's RandomState (behind scikit-learn's random_state) takes 0 .. 2**32 - 1; seeds derived from
+# this one (seed + 1, ...) wrap around within that range (see graft.protocols)
+SEED = Bounds(0, 2**32 - 1, integer=True)
+FRACTION = Bounds(0.01, 0.9)
+
+
+def check_bounds(config: Any) -> None:
+    """Check every field of a config dataclass that declares :class:`Bounds` (``None`` is unset)."""
+    for f in dataclasses.fields(config):
+        bounds = f.metadata.get("bounds")
+        value = getattr(config, f.name)
+        if bounds is not None and value is not None:
+            bounds.check(f.name, value)
 
 
 def parse_duration(text: str) -> float:
@@ -51,9 +125,10 @@ def parse_duration(text: str) -> float:
     import re
 
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
-    if not match or float(match.group(1)) <= 0:
+    seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)] if match else 0.0
+    if not (0 < seconds < math.inf):
         raise ConfigError(f"budget {text!r} is not a duration; write e.g. 90s, 10m or 2h")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -114,15 +189,18 @@ class DataConfig:
         default=None, metadata=_help("separate test file (otherwise a stratified split is held out)")
     )
     val_fraction: float = field(
-        default=0.15, metadata=_help("fraction of the training data held out for validation")
+        default=0.15, metadata=_help("fraction of the training data held out for validation", bounds=FRACTION)
     )
-    test_fraction: float = field(default=0.2, metadata=_help("fraction of the data held out for testing"))
+    test_fraction: float = field(
+        default=0.2, metadata=_help("fraction of the data held out for testing", bounds=FRACTION)
+    )
     folds: int = field(
         default=5,
         metadata=_help(
             "k of the stratified k-fold cross-validation that chooses settings on small training sets "
             "(up to 2,000 examples without --val); larger sets, and --folds 1, hold out --val-fraction "
-            "instead"
+            "instead",
+            bounds=AT_LEAST_1,
         ),
     )
     estimate: Estimate = field(
@@ -137,7 +215,8 @@ class DataConfig:
         default=1,
         metadata=_help(
             "cross-validated estimate only: run it this many times with different outer folds (each run "
-            "trains the recipe k times more); the report gives the mean over repeats and their spread"
+            "trains the recipe k times more); the report gives the mean over repeats and their spread",
+            bounds=AT_LEAST_1,
         ),
     )
     refit: Refit = field(
@@ -150,17 +229,25 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
-        _check_fraction("val_fraction", self.val_fraction, 0.01)
-        _check_fraction("test_fraction", self.test_fraction, 0.01)
+        check_bounds(self)
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ConfigError(
                 f"val_fraction + test_fraction must leave data to train on; got "
                 f"{self.val_fraction} + {self.test_fraction}"
             )
-        if self.folds < 1:
-            raise ConfigError(f"folds must be >= 1 (1: one validation hold-out), got {self.folds}")
-        if self.repeats < 1:
-            raise ConfigError(f"repeats must be >= 1, got {self.repeats}")
+        for name in ("text_col", "label_col", "path_col", "group_col", "val", "test"):
+            if getattr(self, name) is not None and not str(getattr(self, name)).strip():
+                raise ConfigError(f"{name} must not be empty; leave it unset instead")
+        if self.encoding is not None:
+            import codecs
+
+            try:
+                codecs.lookup(self.encoding)
+            except LookupError:
+                raise ConfigError(
+                    f"encoding {self.encoding!r} is not a text encoding Python knows; try utf-8, cp1252 or "
+                    "utf-16"
+                ) from None
         if self.label_sep == "":
             raise ConfigError("label_sep must not be empty; leave it unset for single-label data")
         if self.label_sep is not None and self.task not in ("auto", "multilabel"):
@@ -200,14 +287,17 @@ class BackboneConfig:
         ),
     )
     max_length: int | None = field(
-        default=None, metadata=_help("maximum tokens per text (default: the backbone's own limit)")
+        default=None,
+        metadata=_help(
+            "maximum tokens per text (default: the backbone's own limit, which is also the largest allowed)",
+            bounds=Bounds(2, integer=True),
+        ),
     )
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         if not self.source:
             raise ConfigError("backbone source must not be empty; try 'minilm'")
-        if self.max_length is not None and self.max_length < 2:
-            raise ConfigError(f"max_length must be at least 2, got {self.max_length}")
         if self.weights is not None and not self.weights:
             raise ConfigError("weights must be a file path; leave it unset for the source's own weights")
 
@@ -228,10 +318,17 @@ class StrategyConfig:
         ),
     )
     unfreeze_top: int | None = field(
-        default=None, metadata=_help("for partial: layer groups to train, counted from the top (default 2)")
+        default=None,
+        metadata=_help(
+            "for partial: layer groups to train, counted from the top (default 2)", bounds=AT_LEAST_1
+        ),
     )
     layer_lr_decay: float = field(
-        default=1.0, metadata=_help("per-group learning-rate multiplier going down the network (e.g. 0.8)")
+        default=1.0,
+        metadata=_help(
+            "per-group learning-rate multiplier going down the network (e.g. 0.8)",
+            bounds=Bounds(0, 1, low_open=True),
+        ),
     )
     bn_stats: Literal["auto", "frozen", "train"] = field(
         default="auto",
@@ -260,12 +357,13 @@ class StrategyConfig:
         default=40,
         metadata=_help(
             "for contrastive: length of the tuning schedule in steps; cross-validation keeps 0, 1/8, 1/4, "
-            "1/2 or all of them"
+            "1/2 or all of them",
+            bounds=AT_LEAST_1,
         ),
     )
-    lora_rank: int = field(default=8, metadata=_help("for lora: rank of the adapters"))
+    lora_rank: int = field(default=8, metadata=_help("for lora: rank of the adapters", bounds=AT_LEAST_1))
     lora_alpha: float = field(
-        default=16.0, metadata=_help("for lora: adapter scaling numerator (alpha/rank)")
+        default=16.0, metadata=_help("for lora: adapter scaling numerator (alpha/rank)", bounds=POSITIVE)
     )
 
     @property
@@ -273,39 +371,44 @@ class StrategyConfig:
         return parse_duration(self.budget)
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         parse_duration(self.budget)
-        if self.contrastive_steps < 1:
-            raise ConfigError(f"contrastive_steps must be >= 1, got {self.contrastive_steps}")
-        if self.lora_rank < 1:
-            raise ConfigError(f"lora_rank must be >= 1, got {self.lora_rank}")
-        if self.unfreeze_top is not None:
-            if self.kind not in ("partial", "auto"):
-                raise ConfigError(f"unfreeze_top applies to the partial strategy, not {self.kind!r}")
-            if self.unfreeze_top < 1:
-                raise ConfigError(f"unfreeze_top must be >= 1, got {self.unfreeze_top}")
-        if not (0.0 < self.layer_lr_decay <= 1.0):
-            raise ConfigError(f"layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
+        if self.unfreeze_top is not None and self.kind not in ("partial", "auto"):
+            raise ConfigError(f"unfreeze_top applies to the partial strategy, not {self.kind!r}")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The training loop's settings."""
 
-    epochs: int = field(default=4, metadata=_help("maximum epochs of fine-tuning"))
-    batch_size: int = field(default=32, metadata=_help("examples per optimisation step"))
-    lr: float = field(default=5e-5, metadata=_help("peak learning rate of the backbone's trainable groups"))
-    head_lr: float = field(default=1e-3, metadata=_help("peak learning rate of the new head"))
-    weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay (not on biases and norms)"))
-    warmup_ratio: float = field(default=0.1, metadata=_help("fraction of steps of linear warm-up"))
-    grad_clip: float | None = field(default=1.0, metadata=_help("clip gradients to this global norm"))
-    grad_accum: int = field(default=1, metadata=_help("gradient accumulation steps"))
+    epochs: int = field(default=4, metadata=_help("maximum epochs of fine-tuning", bounds=AT_LEAST_1))
+    batch_size: int = field(default=32, metadata=_help("examples per optimisation step", bounds=AT_LEAST_1))
+    lr: float = field(
+        default=5e-5, metadata=_help("peak learning rate of the backbone's trainable groups", bounds=POSITIVE)
+    )
+    head_lr: float = field(
+        default=1e-3, metadata=_help("peak learning rate of the new head", bounds=POSITIVE)
+    )
+    weight_decay: float = field(
+        default=0.01, metadata=_help("AdamW weight decay (not on biases and norms)", bounds=Bounds(0))
+    )
+    warmup_ratio: float = field(
+        default=0.1, metadata=_help("fraction of steps of linear warm-up", bounds=Bounds(0, 0.5))
+    )
+    grad_clip: float | None = field(
+        default=1.0, metadata=_help("clip gradients to this global norm", bounds=POSITIVE)
+    )
+    grad_accum: int = field(default=1, metadata=_help("gradient accumulation steps", bounds=AT_LEAST_1))
     patience: int = field(
-        default=2, metadata=_help("stop after this many epochs without validation improvement")
+        default=2,
+        metadata=_help("stop after this many epochs without validation improvement", bounds=AT_LEAST_1),
     )
     mixed_precision: Precision = field(
         default="auto", metadata=_help("auto (bf16 on CUDA when supported), no, fp16 or bf16")
     )
-    seed: int = field(default=0, metadata=_help("random seed for splits, initialisation and shuffling"))
+    seed: int = field(
+        default=0, metadata=_help("random seed for splits, initialisation and shuffling", bounds=SEED)
+    )
     augment: Augment = field(
         default="auto",
         metadata=_help(
@@ -316,7 +419,11 @@ class TrainConfig:
     )
     workers: int | None = field(
         default=None,
-        metadata=_help("worker processes decoding images/audio (default: up to 4, one per CPU core)"),
+        metadata=_help(
+            "worker processes decoding images/audio (default: up to 4, one per CPU core; 0: in the main "
+            "process)",
+            bounds=Bounds(0, integer=True),
+        ),
     )
     class_weight: ClassWeight = field(
         default="none",
@@ -338,21 +445,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "head_lr"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        _check_fraction("warmup_ratio", self.warmup_ratio, 0.0, 0.5)
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ConfigError(f"grad_clip must be > 0 (or unset), got {self.grad_clip}")
-        if self.patience < 1:
-            raise ConfigError(f"patience must be >= 1, got {self.patience}")
-        if self.workers is not None and self.workers < 0:
-            raise ConfigError(f"workers must be >= 0 (0 decodes in the main process), got {self.workers}")
+        check_bounds(self)
 
 
 @dataclass(frozen=True)
@@ -372,7 +465,8 @@ class EvalConfig:
         default=None,
         metadata=_help(
             "multiclass: choose (on out-of-fold outputs, never the test rows) the confidence below which "
-            "predict answers 'abstain', so that answered predictions are right this often, e.g. 0.95"
+            "predict answers 'abstain', so that answered predictions are right this often, e.g. 0.95",
+            bounds=Bounds(0, 1, low_open=True, high_open=True),
         ),
     )
 
@@ -386,10 +480,9 @@ class EvalConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.target_precision is not None and not (0 < self.target_precision < 1):
-            raise ConfigError(
-                f"target_precision must be between 0 and 1 (e.g. 0.95), got {self.target_precision}"
-            )
+        check_bounds(self)
+        if self.costs is not None and not self.costs.strip():
+            raise ConfigError("costs must name a cost matrix file; leave it unset for none")
         if self.target_precision is not None and self.costs is not None:
             raise ConfigError(
                 "--target-precision and --costs both decide when to abstain; use one (an 'abstain' column "

@@ -133,6 +133,7 @@ def learning_curve(
         where = f"a {how} {cfg.data.test_fraction:.0%} hold-out of {source.source} ({len(rows)} rows)"
     else:
         pool, rows, where = source, test, str(test)
+    _check_sizes(sizes, pool, split=test is None)
     curve = Curve(metric="accuracy", test=where)
     total = sum(1 if size == "all" else seeds for size in sizes) * len(strategies)
     for size in sizes:
@@ -156,6 +157,20 @@ def learning_curve(
                     "seconds": time.perf_counter() - t, "shipped": model.report_.strategy.get("shipped"),
                 })  # fmt: skip
     return curve
+
+
+def _check_sizes(sizes: list[int | str], pool: Any, split: bool) -> None:
+    """A size is a number of examples of every class: one larger than the smallest class would label a
+    point "k per class" that holds fewer, so it is refused before any fit ("all" takes every example)."""
+    counts = pool.class_counts()
+    rare = min(counts, key=counts.__getitem__)
+    too_big = [str(size) for size in sizes if size != "all" and int(size) > counts[rare]]
+    if too_big:
+        after = " after the test split is held out" if split else ""
+        raise ConfigError(
+            f"--sizes {','.join(too_big)}: more examples per class than the training data holds: class "
+            f"{rare!r} has {counts[rare]}{after}; use sizes up to {counts[rare]}, or 'all'"
+        )
 
 
 def _columns(ds: Any) -> dict[str, list[Any]]:

@@ -29,7 +29,14 @@ from typing import Any
 import numpy as np
 
 from graft.data import Dataset
-from graft.data.splits import holdout, leakage_groups, overlap
+from graft.data.splits import (
+    count_units,
+    held_out_units,
+    holdout,
+    leakage_groups,
+    overlap,
+    too_few_units,
+)
 
 # At or below this many training examples, settings are chosen by k-fold cross-validation. Above it a
 # hold-out of --val-fraction has >= 300 examples, where the accuracy estimate's standard error is
@@ -117,7 +124,10 @@ class Protocol:
                 for item in ds.report.skipped
             ],
             "train_class_counts": {str(k): v for k, v in train.class_counts().items()},
-            "warnings": source.report.warnings,
+            "warnings": [
+                *source.report.warnings,
+                *(f"{ds.source}: {w}" for ds in (val, test) if ds is not None for w in ds.report.warnings),
+            ],
             "notes": source.report.notes,
         }
 
@@ -144,9 +154,12 @@ def make_protocol(
     outer_repeats = []
     if outer and repeats > 1:
         outer_repeats = [
-            _folds(pool, OUTER_FOLDS, seed + 2 + REPEAT_SEED_STEP * r, groups)[0] for r in range(1, repeats)
+            _folds(pool, OUTER_FOLDS, derived_seed(seed, 2 + REPEAT_SEED_STEP * r), groups)[0]
+            for r in range(1, repeats)
         ]
         parts[0] += f"; repeated {repeats} times with other folds"
+    if outer and val is None:
+        _check_choice_in_folds(pool, groups, [outer, *outer_repeats], folds, val_fraction)
     if val is not None:
         leakage["validation"] = overlap(pool, val)
     _warn_leakage(leakage, source)
@@ -158,7 +171,7 @@ def make_protocol(
         chosen, how = _folds(pool, folds, seed, groups)
         selection = f"{len(chosen)}-fold{how} cross-validation over the {len(pool)} training examples"
     else:
-        keep, out, how = holdout(pool, val_fraction, seed + 1, "validation", groups)
+        keep, out, how = holdout(pool, val_fraction, derived_seed(seed, 1), "validation", groups)
         chosen = [(keep, out)]
         selection = f"{how} {val_fraction:.0%} validation hold-out ({len(out)} of {len(pool)})"
         val = pool.subset(out, source=f"{source.source} [validation split]")
@@ -198,7 +211,7 @@ def _test_part(
             groups,
         )
     if _cross_validated(estimate, len(source)):
-        outer, how = _folds(source, OUTER_FOLDS, seed + 2, groups)
+        outer, how = _folds(source, OUTER_FOLDS, derived_seed(seed, 2), groups)
         n = len(source)
         said = (
             f"test: {len(outer)}-fold{how} cross-validated estimate over all {n} examples (each fold runs "
@@ -211,6 +224,30 @@ def _test_part(
     said = f"test: {how} {test_fraction:.0%} hold-out ({len(test)})"
     pool_groups = None if groups is None else groups[keep]
     return source.subset(keep), test, None, {"test": _straddling(groups, [(keep, out)])}, said, pool_groups
+
+
+def _check_choice_in_folds(
+    pool: Dataset, groups: np.ndarray | None, runs: list[list[tuple[np.ndarray, np.ndarray]]], folds: int,
+    val_fraction: float,
+) -> None:  # fmt: skip
+    """Each outer fold's training part must hold enough groups to choose settings on (k folds, or a
+    validation hold-out): checked before any training rather than when that fold comes."""
+    for run in runs:
+        for train_idx, _ in run:
+            units = count_units(None if groups is None else groups[train_idx], len(train_idx))
+            need = 2 if folds > 1 else held_out_units(units, val_fraction) + 2
+            if units < need:
+                part = pool.subset(train_idx)
+                what = "cross-validation" if folds > 1 else "a validation hold-out"
+                raise too_few_units(
+                    part, units, need, f"{what} inside a fold of the cross-validated estimate"
+                )
+
+
+def derived_seed(seed: int, offset: int) -> int:
+    """``seed + offset`` wrapped into the seeds numpy (and so scikit-learn) accepts, 0 .. 2**32 - 1: the
+    run's seed may be anywhere in that range."""
+    return (seed + offset) % 2**32
 
 
 def _cross_validated(estimate: str, n: int) -> bool:
@@ -254,6 +291,9 @@ def _folds(
     from graft.errors import DataError
     from graft.probe import stratified_folds
 
+    units = count_units(groups, len(pool))
+    if units < 2:
+        raise too_few_units(pool, units, 2, f"{k}-fold cross-validation")
     try:
         folds = stratified_folds(
             pool.task, pool.targets, k, seed, label_space=pool.label_space, groups=groups

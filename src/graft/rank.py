@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from graft.config import DataConfig
+from graft.config import SEED, DataConfig
 from graft.errors import ConfigError, ContractError, format_problems
 
 if TYPE_CHECKING:
@@ -353,6 +353,7 @@ def rank(
         raise ConfigError(f"limit must be >= 1, got {limit}")
     if folds < 2:
         raise ConfigError(f"folds must be >= 2, got {folds}")
+    SEED.check("seed", seed)
     parts = layout_splits(data) if isinstance(data, str | Path) and labels is None else {}
     if parts:
         _say(progress, f"data: {data} is split into {', '.join(parts)} folders; ranking on its train part")

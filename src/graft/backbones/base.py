@@ -127,6 +127,12 @@ class Backbone(nn.Module):
         """How many examples preprocessing would cut short (0 where nothing is truncated)."""
         return 0
 
+    def unreadable(self, examples: list[Any]) -> dict[int, str]:
+        """The examples in which preprocessing finds nothing to read (index -> why), e.g. a text whose
+        every token is unknown to the tokenizer: the network would see the same input for each of them,
+        whatever it said. Empty where every example can be read."""
+        return {}
+
     def spec(self) -> dict[str, Any]:
         """JSON-able description from which the registry rebuilds this backbone out of a bundle."""
         raise NotImplementedError

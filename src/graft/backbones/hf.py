@@ -198,6 +198,31 @@ class HFTextBackbone(Backbone):
                 pending = [i for i in short if len(texts[i]) > size]
         return out
 
+    def unreadable(self, examples: list[Any]) -> dict[int, str]:
+        # Within the tokens the model reads (truncated as preprocess truncates), a text must hold one that
+        # is neither special nor unknown: MiniLM reads an emoji-only text as [CLS] [UNK] [SEP], the same
+        # input as any other such text. A tokenizer without an unknown token (byte-level BPE) reads
+        # every character, so only an empty text is unreadable there.
+        if self.tokenizer.unk_token_id is None:
+            empty = [i for i, text in enumerate(examples) if not text]
+        else:
+            special = set(self.tokenizer.all_special_ids)
+            with _TOKENIZER_LOCK, _quiet_transformers():
+                ids = self.tokenizer(
+                    self._cut(list(examples)), add_special_tokens=False, truncation=True,
+                    max_length=self.max_length - self._n_special,
+                )["input_ids"]  # fmt: skip
+            empty = [i for i, row in enumerate(ids) if all(t in special for t in row)]
+        return {i: self._unreadable_reason(examples[i]) for i in empty}
+
+    def _unreadable_reason(self, text: str) -> str:
+        if not text.strip():
+            return "empty text"
+        return (
+            f"nothing for backbone {self.source!r} to read in {text[:40]!r}: its tokenizer finds no known "
+            "token (emoji, symbols, invisible characters or a script outside its vocabulary)"
+        )
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         out = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(out.dtype)
@@ -302,6 +327,11 @@ def load_hf_text(path_or_id: str, *, source: str, max_length: int | None = None)
         )
     limit = st.get("max_length") or _model_limit(tokenizer, model)
     if max_length is not None:
+        if max_length > _model_limit(tokenizer, model):  # longer texts would index past its positions
+            raise ConfigError(
+                f"max_length {max_length} is more than backbone {source!r} reads: at most "
+                f"{_model_limit(tokenizer, model)} tokens"
+            )
         limit = max_length
     model.eval()
     return HFTextBackbone(

@@ -11,9 +11,12 @@ import hashlib
 import json
 import math
 import os
+import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -78,6 +81,8 @@ class Dataset:
         report: duplicates and warnings found while reading.
         groups: a group id (str) per example (``--group-col``: a speaker, a user, a patient), or ``None``;
             a held-out split never divides a group.
+        group_col: the column the groups were read from, for messages.
+        source_is_file: ``rows`` are line numbers of a file (else positions in in-memory data).
     """
 
     modality: str
@@ -91,6 +96,8 @@ class Dataset:
     label_col: str | None = None
     report: DataReport = field(default_factory=DataReport)
     groups: np.ndarray | None = None
+    group_col: str | None = None
+    source_is_file: bool = False
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -109,6 +116,8 @@ class Dataset:
             label_col=self.label_col,
             report=DataReport(n_rows=len(idx)),
             groups=None if self.groups is None else self.groups[idx],
+            group_col=self.group_col,
+            source_is_file=self.source_is_file,
         )
 
     def concat(self, other: Dataset, source: str | None = None) -> Dataset:
@@ -128,6 +137,7 @@ class Dataset:
             label_col=self.label_col,
             report=DataReport(n_rows=len(self) + len(other)),
             groups=_concat_groups(self.groups, len(self), other.groups, len(other)),
+            group_col=self.group_col or other.group_col,
         )
 
     def class_counts(self) -> dict[Any, int]:
@@ -196,12 +206,61 @@ def leave_out(problems: list[str], what: str, report: DataReport) -> None:
     report.warnings.append(f"skipped {len(problems)} {what} (--skip-bad): see skipped")
 
 
+def leave_out_examples(
+    ds: Dataset, bad: dict[int, str], *, skip_bad: bool, min_per_class: int = 0
+) -> Dataset:
+    """``ds`` without the examples ``bad`` names (index -> reason), each listed in its report, when
+    ``skip_bad``; otherwise a :class:`DataError` naming every one. For problems that show only once a
+    backbone reads the data (a text its tokenizer finds nothing in), checked like the bad rows of
+    :func:`build_dataset`: a source whose every row is bad is an error even so, and the classes left
+    must still hold ``min_per_class`` examples each."""
+    if not bad:
+        return ds
+    where = lambda i: row_name(ds.rows[i], ds.source_is_file) if ds.rows else f"row {i}"  # noqa: E731
+    problems = [f"{where(i)}: {reason}" for i, reason in sorted(bad.items())]
+    if not skip_bad or len(bad) == len(ds):
+        noun = "problem" if len(problems) == 1 else "problems"
+        hint = "" if skip_bad else f"\n{SKIP_BAD_HINT}"
+        raise DataError(format_problems(f"{ds.source}: {len(problems)} {noun} in the data", problems) + hint)
+    kept = ds.subset([i for i in range(len(ds)) if i not in bad])
+    kept.report = ds.report
+    leave_out(problems, "rows the backbone cannot read", ds.report)
+    ds.report.n_rows = len(kept)
+    short = {label: n for label, n in kept.class_counts().items() if n < min_per_class}
+    if short and kept.task == "multiclass":
+        names = ", ".join(f"{label!r} ({n})" for label, n in short.items())
+        raise DataError(
+            f"{ds.source}: after leaving out {len(bad)} rows (--skip-bad), too few examples of {names}: each "
+            f"class needs at least {min_per_class}; add examples or remove the class"
+        )
+    return kept
+
+
+def is_blank(text: str) -> bool:
+    """Whether ``text`` holds nothing to read: only whitespace, control characters and invisible format
+    characters (Unicode category Cf: zero-width space and joiners, byte-order marks, soft hyphens)."""
+    return all(_invisible(ch) for ch in text)
+
+
+def _invisible(ch: str) -> bool:
+    return ch.isspace() or unicodedata.category(ch) in ("Cc", "Cf")
+
+
+def _strip_invisible(text: str) -> str:
+    start, end = 0, len(text)
+    while start < end and _invisible(text[start]):
+        start += 1
+    while end > start and _invisible(text[end - 1]):
+        end -= 1
+    return text[start:end]
+
+
 def _is_missing(value: Any) -> bool:
     if value is None:
         return True
     if isinstance(value, float) and math.isnan(value):
         return True
-    return isinstance(value, str) and not value.strip()
+    return isinstance(value, str) and is_blank(value)
 
 
 def _as_number(value: Any) -> float | None:
@@ -217,23 +276,34 @@ def _as_number(value: Any) -> float | None:
     return None
 
 
-def normalize_label(value: Any) -> Any:
-    """One label as stored in the label space: integer-like strings become ints, others stay strings.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 
-    CSV gives "1" where JSON gives 1; both must mean the same class.
+
+def normalize_label(value: Any) -> Any:
+    """One label as stored in the label space (the rule of docs/data.md, "Labels").
+
+    Surrounding whitespace (and invisible format characters) is no part of a label. A label that is a
+    whole number, however it is written, is that integer: ``1``, ``1.0``, ``"1"``, ``" 1"``, ``"1.0"``,
+    ``"+1"`` and ``"01"`` are the class ``1`` (a CSV gives "1" where JSON gives 1 and pandas 1.0).
+    Booleans are ``"true"`` / ``"false"``; anything else is its text as written, so ``"0.5"`` and
+    ``"0.50"`` stay two labels (and :func:`build_dataset` warns).
+
+    Example:
+        >>> [normalize_label(v) for v in (1, 1.0, "1", " 1", "1.0", "+1", "01", "0.5", " spam ")]
+        [1, 1, 1, 1, 1, 1, 1, '0.5', 'spam']
     """
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, np.integer):
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value)).lower()
+    if isinstance(value, int | np.integer):
         return int(value)
     if isinstance(value, float | np.floating) and float(value).is_integer():
         return int(value)
-    if isinstance(value, int):
-        return value
     if isinstance(value, str):
-        text = value.strip()
-        if text.lstrip("-").isdigit():
-            return int(text)
+        text = _strip_invisible(value)
+        if _DECIMAL.fullmatch(text):
+            number = Decimal(text)
+            if number == number.to_integral_value():
+                return int(number)
         return text
     return str(value)
 
@@ -312,7 +382,9 @@ def build_dataset(
     elif task not in TASKS:
         raise DataError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
 
-    parsed, label_problems = _parse_labels(raw_labels, task, label_sep)
+    spellings: dict[Any, Counter] = {}
+    parsed, label_problems = _parse_labels(raw_labels, task, label_sep, spellings)
+    _report_spellings(spellings, report, fixed=label_space is not None)
     found = _example_problems(examples, modality) + label_problems
     if label_space is not None and task != "regression":
         found += _unknown_labels(parsed, tuple(label_space))
@@ -347,6 +419,7 @@ def build_dataset(
         text_col=text_col,
         label_col=label_col,
         report=report,
+        source_is_file=source_is_file,
     )
 
 
@@ -372,15 +445,26 @@ def _example_problems(examples: list[Any], modality: str) -> list[tuple[int, str
             problems.append((i, f"{what} is {type(example).__name__} {example!r}, expected a string"))
         elif not example.strip():
             problems.append((i, f"empty {what}"))
+        elif is_blank(example):
+            problems.append(
+                (i, f"empty {what}: only invisible characters {example[:20]!r} (zero-width or format)")
+            )
     return problems
 
 
 def _parse_labels(
-    raw_labels: list[Any], task: str, label_sep: str | None
+    raw_labels: list[Any], task: str, label_sep: str | None, spellings: dict[Any, Counter]
 ) -> tuple[list[Any], list[tuple[int, str]]]:
-    """Each label parsed for ``task`` (``None`` where unusable), and ``(index, reason)`` problems."""
+    """Each label parsed for ``task`` (``None`` where unusable), and ``(index, reason)`` problems;
+    ``spellings`` gathers how each class label was written (label -> raw spelling -> rows)."""
     parsed: list[Any] = []
     problems: list[tuple[int, str]] = []
+
+    def label_of(raw: Any) -> Any:
+        label = normalize_label(raw)
+        spellings.setdefault(label, Counter())[raw if isinstance(raw, str | int | float) else str(raw)] += 1
+        return label
+
     for i, value in enumerate(raw_labels):
         if _is_missing(value) or (isinstance(value, list | tuple) and task != "multilabel" and not value):
             problems.append((i, "missing label"))
@@ -392,11 +476,11 @@ def _parse_labels(
             parsed.append(number)
         elif task == "multilabel":
             if isinstance(value, list | tuple):
-                items = [normalize_label(v) for v in value if not _is_missing(v)]
+                items = [label_of(v) for v in value if not _is_missing(v)]
             elif isinstance(value, str) and label_sep is not None:
-                items = [normalize_label(v) for v in value.split(label_sep) if v.strip()]
+                items = [label_of(v) for v in value.split(label_sep) if v.strip()]
             else:
-                items = [normalize_label(value)]
+                items = [label_of(value)]
             parsed.append(sorted(set(items), key=_sort_key))
         elif isinstance(value, list | tuple):
             problems.append(
@@ -404,8 +488,62 @@ def _parse_labels(
             )
             parsed.append(None)
         else:
-            parsed.append(normalize_label(value))
+            parsed.append(label_of(value))
     return parsed, problems
+
+
+def _report_spellings(spellings: dict[Any, Counter], report: DataReport, fixed: bool) -> None:
+    """A warning when labels written differently became one class, a note when labels were rewritten
+    (``"1.0"`` read as ``1``), and (``fixed`` false: training data) a warning when labels that differ
+    only in case, spacing or how a number is written stay separate classes."""
+    merged = [f"{_spelled(seen)} -> {label!r}" for label, seen in spellings.items() if len(seen) > 1]
+    if merged:
+        report.warnings.append(
+            f"labels written differently were read as one class ({_some(merged, '; ')}): surrounding spaces "
+            "are not part of a label, and a whole number is one label however it is written (docs/data.md, "
+            "Labels)"
+        )
+    rewritten = [
+        f"{_spelling(raw)} as {label!r}"
+        for label, seen in spellings.items()
+        if len(seen) == 1 and str(raw := next(iter(seen))) != str(label)
+    ]
+    if rewritten:
+        report.notes.append(f"labels read as {_some(rewritten, ', ')}")
+    if fixed:
+        return
+    alike: dict[str, list[Any]] = {}
+    for label in spellings:
+        alike.setdefault(_looser(label), []).append(label)
+    split = [
+        " and ".join(f"{label!r} ({sum(spellings[label].values())} rows)" for label in labels)
+        for labels in alike.values()
+        if len(labels) > 1
+    ]
+    if split:
+        report.warnings.append(
+            "labels that differ only in case, spacing or how a number is written are separate classes: "
+            f"{_some(split, '; ')}; write them alike if they are one class (docs/data.md, Labels)"
+        )
+
+
+def _some(items: list[str], sep: str, limit: int = 5) -> str:
+    return sep.join(items[:limit]) + (f"{sep}..." if len(items) > limit else "")
+
+
+def _spelled(seen: Counter) -> str:
+    return ", ".join(f"{_spelling(raw)} ({n} rows)" for raw, n in seen.most_common())
+
+
+def _spelling(raw: Any) -> str:
+    return repr(raw) if isinstance(raw, str) else str(raw)
+
+
+def _looser(label: Any) -> str:
+    """A key under which labels a person would read as one collide: case, inner spacing, and the value
+    of a number (``0.5`` / ``0.50``)."""
+    text = " ".join(str(label).split()).casefold()
+    return str(Decimal(text).normalize()) if _DECIMAL.fullmatch(text) else text
 
 
 def _unknown_labels(parsed: list[Any], space: tuple[Any, ...]) -> list[tuple[int, str]]:

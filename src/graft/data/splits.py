@@ -174,9 +174,9 @@ def holdout(
         units = groups
         unit_labels = None if labels is None else _group_labels(groups, labels)
     n_units = int(units.max()) + 1 if len(units) else 0
-    n_out = max(1, round(fraction * n_units))
+    n_out = held_out_units(n_units, fraction)
     if n_units - n_out < 2:
-        raise DataError(f"{ds.source}: {n} examples are too few to hold out a {name} split; add data")
+        raise too_few_units(ds, n_units, n_out + 2, f"holding out a {name} split")
     kept_units, out_units, how = _split_units(n_units, n_out, unit_labels, seed)
     if groups is None:
         return kept_units, out_units, how
@@ -188,14 +188,43 @@ def _multilabel_holdout(
     ds: Dataset, fraction: float, seed: int, name: str, groups: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, str]:
     counts, sizes = unit_label_counts(groups, ds.targets)
-    if len(sizes) - max(1, round(fraction * len(sizes))) < 2:
-        raise DataError(f"{ds.source}: {len(ds)} examples are too few to hold out a {name} split; add data")
+    n_out = held_out_units(len(sizes), fraction)
+    if len(sizes) - n_out < 2:
+        raise too_few_units(ds, len(sizes), n_out + 2, f"holding out a {name} split")
     part = iterative_assign(counts, sizes, [1 - fraction, fraction], seed)
     if not (part == 1).any() or (part == 0).sum() < 2:
-        raise DataError(f"{ds.source}: {len(ds)} examples are too few to hold out a {name} split; add data")
+        raise too_few_units(ds, len(sizes), n_out + 2, f"holding out a {name} split")
     out = part == 1 if groups is None else (part == 1)[groups]
     how = "iteratively stratified" + (", duplicate-grouped" if groups is not None else "")
     return np.flatnonzero(~out), np.flatnonzero(out), how
+
+
+def held_out_units(units: int, fraction: float) -> int:
+    """How many of ``units`` rows (or groups) a hold-out of ``fraction`` takes: at least one; the split
+    needs 2 more on the kept side."""
+    return max(1, round(fraction * units))
+
+
+def count_units(groups: np.ndarray | None, n: int) -> int:
+    """Independent units among ``n`` rows: the distinct ids of ``groups``, or the rows themselves."""
+    return n if groups is None else len(np.unique(groups))
+
+
+def too_few_units(ds: Dataset, units: int, need: int, purpose: str) -> DataError:
+    """The error for data whose independent units (rows, or groups that a split keeps whole: copies of
+    one input, and the user's ``--group-col`` groups) are too few for ``purpose``."""
+    if ds.group_col:
+        return DataError(
+            f"{ds.source}: {purpose} needs at least {need} groups, but --group-col {ds.group_col!r} puts "
+            f"these {len(ds)} examples in {units} group{'s' if units != 1 else ''} (a group is never divided "
+            "between training and held-out rows; copies of one input count as one group). Use a column "
+            "with more groups, or give separate --val and --test files so that nothing is split"
+        )
+    return DataError(
+        f"{ds.source}: {len(ds)} examples are too few for {purpose}: they hold {units} distinct "
+        f"input{'s' if units != 1 else ''} (copies of one input stay on one side of a split), at least "
+        f"{need} are needed; add data"
+    )
 
 
 def _group_labels(groups: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -17,12 +17,13 @@ import io
 import json
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from graft.config import DataConfig
-from graft.data.dataset import SKIP_BAD_HINT, DataReport, Dataset, build_dataset, leave_out
+from graft.data.dataset import SKIP_BAD_HINT, DataReport, Dataset, build_dataset, is_blank, leave_out
 from graft.data.encodings import decode_bytes, emit_warnings
 from graft.data.formats import media_modality
 from graft.errors import ContractError, DataError, format_problems
@@ -54,6 +55,17 @@ class Table:
     is_file: bool
     has_header: bool = True
     report: DataReport = field(default_factory=DataReport)
+
+    def __post_init__(self) -> None:
+        # Two columns of one name: whichever is read, the other is silently ignored.
+        seen: dict[str, int] = {}
+        for j, name in enumerate(self.columns):
+            if name and name in seen:
+                raise DataError(
+                    f"{self.source}: two columns are named {name!r} (columns {seen[name] + 1} and {j + 1}); "
+                    "rename one, so that it is clear which to read"
+                )
+            seen.setdefault(name, j)
 
     def column(self, index: int) -> list[Any]:
         return [r[index] for r in self.records]
@@ -210,17 +222,40 @@ def read_delimited(path: Path, text: str, cfg: DataConfig, report: DataReport) -
     )
 
 
+class _Fields(dict):
+    """A JSON object, with the keys it names more than once (``json`` keeps the last silently)."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__(pairs)
+        self.repeated: list[str] = []
+        if len(self) < len(pairs):
+            counts = Counter(k for k, _ in pairs)
+            self.repeated = sorted(k for k, n in counts.items() if n > 1)
+
+
+def _object_problem(obj: Any) -> str | None:
+    """Why a parsed record is not a usable object of named fields, or ``None``."""
+    if not isinstance(obj, dict):
+        return f"expected a JSON object with named fields, got {type(obj).__name__}"
+    if getattr(obj, "repeated", None):
+        return f"field {obj.repeated[0]!r} appears twice in one object; keep one"
+    return None
+
+
 def _json_array_objects(text: str, source: str) -> tuple[list[tuple[int, Any]], list[str]]:
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_Fields)
     except json.JSONDecodeError as exc:
         raise DataError(f"{source}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise DataError(f"{source}: not valid JSON: nested too deeply") from None
     objects, problems = [], []
-    for i, obj in enumerate(data):
-        if isinstance(obj, dict):
-            objects.append((i, obj))
+    for i, obj in enumerate(data if isinstance(data, list) else [data]):
+        problem = _object_problem(obj)
+        if problem:
+            problems.append(f"item {i}: {problem}")
         else:
-            problems.append(f"item {i}: expected a JSON object with named fields, got {type(obj).__name__}")
+            objects.append((i, obj))
     return objects, problems
 
 
@@ -230,16 +265,18 @@ def _json_line_objects(text: str) -> tuple[list[tuple[int, Any]], list[str]]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=_Fields)
         except json.JSONDecodeError as exc:
             problems.append(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno})")
             continue
-        if isinstance(obj, dict):
-            objects.append((number, obj))
+        except RecursionError:
+            problems.append(f"line {number}: not valid JSON (nested too deeply)")
+            continue
+        problem = _object_problem(obj)
+        if problem:
+            problems.append(f"line {number}: {problem}")
         else:
-            problems.append(
-                f"line {number}: expected a JSON object with named fields, got {type(obj).__name__}"
-            )
+            objects.append((number, obj))
     return objects, problems
 
 
@@ -341,6 +378,7 @@ def attach_groups(ds: Dataset, table: Table, group_col: str | None) -> Dataset:
     missing = [v is None or (isinstance(v, float) and v != v) or not str(v).strip() for v in values]
     ids = [f"\0row{row}" if gap else str(v) for v, gap, row in zip(values, missing, ds.rows, strict=True)]
     ds.groups = np.array(ids, dtype=str)
+    ds.group_col = table.columns[j]
     ds.report.notes.append(f"groups: {len(set(ids))} in column {table.columns[j]!r}")
     return ds
 
@@ -560,6 +598,10 @@ def _check_texts(texts: list[Any], source: str, table: Table | None = None) -> N
         where = table.where(i) if table else f"input {i}"
         if not isinstance(t, str):
             problems.append(f"{where}: {type(t).__name__} {t!r} is not text")
+        elif is_blank(t):
+            problems.append(
+                f"{where}: empty text" + (f" (only invisible characters {t[:20]!r})" if t.strip() else "")
+            )
     if problems:
         raise ContractError(format_problems(f"{source}: this model takes text (modality 'text')", problems))
     _refuse_media(texts, source)

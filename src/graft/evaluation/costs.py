@@ -10,7 +10,9 @@ TSV file (the first cell is a free label such as ``true\\answer``)::
     spam,1,0,1
 
 or JSON, ``{"ham": {"spam": 10, "abstain": 1}, "spam": {"ham": 1, "abstain": 1}}`` (an omitted
-diagonal cell costs 0). Costs are any finite numbers (a negative one is a gain).
+diagonal cell costs 0). Costs are finite numbers >= 0: a gain is written as a smaller cost (adding
+one amount to a whole row changes no decision), so a negative cell is refused as the typo it usually
+is. Class names are read as data labels are (``1.0`` is the class ``1``).
 
 With calibrated probabilities ``p(class | x)`` the **expected cost** of answer ``j`` is
 ``sum_i p(i | x) * C[i, j]``; the cost-minimising rule (Bayes' decision rule) answers the cheapest one,
@@ -112,18 +114,28 @@ def _number(path: Path, where: str, raw: Any) -> float:
         raise DataError(
             f"{path}: {where}: {raw!r} is not a cost (expected a finite number, e.g. 0, 1 or 2.5)"
         )
+    if value < 0:
+        # Bayes' rule compares answers within a row: adding one amount to a whole row changes no
+        # decision, so any gain can be written as a cost >= 0, and a minus sign is most likely a typo.
+        raise DataError(
+            f"{path}: {where}: the cost {raw!r} is negative; costs must be >= 0 (to reward an answer, "
+            "give the others of its row a higher cost)"
+        )
     return value
 
 
 def _check_label(path: Path, where: str, name: str, labels: list[str], *, answer: bool) -> str:
+    from graft.data.dataset import normalize_label
+
+    label = name if name == ABSTAIN else str(normalize_label(name))
     known = labels + ([ABSTAIN] if answer else [])
-    if name not in known:
+    if label not in known:
         raise DataError(
             f"{path}: {where}: {name!r} is not a class of this task (classes: {', '.join(labels[:20])}"
             + (f"; or {ABSTAIN!r} as an answer" if answer else "")
             + ")"
         )
-    return name
+    return label
 
 
 def _table_cells(path: Path, text: str, labels: list[str]) -> dict[tuple[str, str], float]:
@@ -161,11 +173,11 @@ def _json_cells(path: Path, text: str, labels: list[str]) -> dict[tuple[str, str
     if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
         raise DataError(f'{path}: expected {{"true class": {{"answer": cost, ...}}, ...}}')
     cells: dict[tuple[str, str], float] = {(label, label): 0.0 for label in labels}
-    for truth, row in raw.items():
-        _check_label(path, "a key", truth, labels, answer=False)
-        for answer, value in row.items():
-            _check_label(path, f"row {truth!r}", answer, labels, answer=True)
-            cells[truth, answer] = _number(path, f"row {truth!r}, answer {answer!r}", value)
+    for key, row in raw.items():
+        truth = _check_label(path, "a key", key, labels, answer=False)
+        for name, value in row.items():
+            answer = _check_label(path, f"row {key!r}", name, labels, answer=True)
+            cells[truth, answer] = _number(path, f"row {key!r}, answer {name!r}", value)
     return cells
 
 
