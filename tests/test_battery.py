@@ -162,6 +162,8 @@ CASES = [
     Case("predict: --out over the bundle's manifest", predict("--out", "{w}/run/bundle/graft.json"), ("graft.json",)),
     Case("predict: --out over an existing file", predict("--out", "{w}/data.csv"), ("data.csv",)),
     Case("predict: --out over its own input", predict("--out", "{w}/new.txt", "--overwrite"), ("new.txt",)),
+    Case("predict: a lone surrogate", ("predict", "{w}/run", "{w}/s.jsonl"), ("surrogate",),
+         _write("s.jsonl", '{"text": "fine"}\n{"text": "\\ud800 bad"}\n')),
     Case("predict: missing input", ("predict", "{w}/run", "{w}/none.txt"), ("none.txt",)),
     Case("predict: image for a text model", ("predict", "{w}/run", "{w}/a.png"), ("text",),
          _write("a.png", b"\x89PNG\r\n\x1a\n")),
@@ -238,7 +240,10 @@ def test_hostile_input_exit_2_names_the_problem_and_changes_nothing(case, worksp
         case.setup(w)
     before, loadable = _snapshot(w), _loadable(w)
     argv = [a.format(w=w, bb=f"hf:{tiny_bert_dir}") for a in case.argv]
-    code = main(argv)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse refuses an option value: usage error
+        code = exc.code
     err = capsys.readouterr().err
     assert code == 2, err[-3000:]
     assert "Traceback" not in err and "internal error" not in err
@@ -246,3 +251,56 @@ def test_hostile_input_exit_2_names_the_problem_and_changes_nothing(case, worksp
         assert expected in err, err[-3000:]
     assert _snapshot(w) == before
     assert _loadable(w) >= loadable
+
+
+# -- serve: hostile clients against one server, then the same server still answers as predict does
+
+_MULTIPART = "multipart/form-data; boundary=x"
+
+
+def _upload(name: str, data: bytes) -> bytes:
+    head = f'--x\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n\r\n'
+    return head.encode() + data + b"\r\n--x--\r\n"
+
+
+SERVE_CASES = [
+    ("lone surrogate", b'{"inputs": ["fine", "\\ud800 bad"]}', "application/json", 422, "surrogate"),
+    ("not JSON", b"\x00\xff{", "application/json", 422, "JSON"),
+    (
+        "100,000 nested [",
+        b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        "application/json",
+        422,
+        "",
+    ),
+    ("inputs not a list", b'{"inputs": "one text"}', "application/json", 422, "inputs"),
+    ("numbers for texts", b'{"inputs": [1, 2]}', "application/json", 422, "inputs"),
+    ("empty text", b'{"inputs": ["   "]}', "application/json", 422, "empty"),
+    ("too many inputs", json.dumps({"inputs": ["a film"] * 9}).encode(), "application/json", 413, "--max-inputs"),
+    ("text too long", json.dumps({"inputs": ["a" * 5000]}).encode(), "application/json", 413, "--max-text-chars"),
+    ("body too large", json.dumps({"inputs": ["word " * 60_000]}).encode(), "application/json", 413, ""),
+    ("a file for a text model", _upload("x" * 300 + ".png", b"\x89PNG"), _MULTIPART, 422, "text"),
+    ("no content type", b'{"inputs": ["fine"]}', "text/plain", 422, "JSON"),
+]
+
+
+def test_serve_answers_hostile_clients_alone_and_keeps_serving(workspace, tmp_path):
+    from tests.test_serve import _get, _request, _serving
+
+    w = tmp_path / "w"
+    shutil.copytree(workspace, w)
+    before = _snapshot(w)
+    limits = ("--max-inputs", "8", "--max-text-chars", "4000", "--max-body", "256KB", "--max-queue", "64")
+    with _serving(w / "run", *limits) as served:
+        base, model = served[0], served[1]
+        for name, body, kind, status, detail in SERVE_CASES:
+            got, answer = _request(f"{base}/predict", body, kind)
+            assert got == status, (name, got, answer)
+            message = str(answer.get("detail", ""))
+            assert detail in message and "/tmp" not in message and "Traceback" not in message, (name, message)
+            assert _get(f"{base}/health")["status"] == "ok", name
+        good = ["the movie was great", "awful plot"]
+        got, answer = _request(f"{base}/predict", json.dumps({"inputs": good}).encode(), "application/json")
+        assert got == 200 and [p["prediction"] for p in answer["predictions"]] == model.predict(good)
+    assert _snapshot(w) == before
+    graft.load(w / "run")

@@ -438,6 +438,12 @@ def fit(
     check_run_flags(out, resume=resume, overwrite=overwrite)
     run_data = _read_run_data(data, cfg, labels, val, test, given_backbone, progress)  # 1. read, check names
     run_data.t_start = t_start
+    # 2. the protocol, from the data alone: a split the data cannot give fails before a folder is written
+    protocol = make_protocol(
+        run_data.source, val=run_data.val, test=run_data.test, folds=cfg.data.folds, seed=cfg.train.seed,
+        val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
+        estimate=cfg.data.estimate, repeats=cfg.data.repeats,
+    )  # fmt: skip
     reads = _paths_read(data, run_data.cfg)
     with open_run(
         out, run_data.cfg, run_data.fingerprint, resume=resume, overwrite=overwrite, reads=reads
@@ -445,12 +451,7 @@ def fit(
         if run is not None and run.complete:
             _say(progress, f"run in {out} is already complete; loading its bundle")
             return load(run.bundle)
-        bench = _workbench(run_data, given_backbone, run, progress, callbacks)  # 2. backbone, contract check
-        protocol = make_protocol(
-            run_data.source, val=run_data.val, test=run_data.test, folds=cfg.data.folds, seed=cfg.train.seed,
-            val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
-            estimate=cfg.data.estimate, repeats=cfg.data.repeats,
-        )  # 3. protocol  # fmt: skip
+        bench = _workbench(run_data, given_backbone, run, progress, callbacks)  # 3. backbone, contract check
         _say(progress, f"protocol: {protocol.description}")
         for line in leakage_sentences(protocol.leakage):
             _say(progress, f"leakage check: {line}")

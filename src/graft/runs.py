@@ -231,11 +231,9 @@ def _in_the_way(folder: Path) -> tuple[list[str], str]:
     ``bundle/`` be an intact bundle. Other files beside them are the user's and are never touched.
     """
     if not (folder / RUN_FILE).is_file():
-        present = sorted(
-            p.name + ("/" if p.is_dir() else "")
-            for p in folder.iterdir()
-            if p.name not in OS_METADATA and p.name != LOCK_FILE
-        )
+        present = [
+            name for name in _walk(folder) if name != LOCK_FILE and name.rsplit("/", 1)[-1] not in OS_METADATA
+        ]
         kind = "a bundle" if (folder / "graft.json").is_file() else "not empty"
         return (
             present,

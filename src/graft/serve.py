@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Request  # module level: FastAPI resolves the endpoint's annotations here
 
+from graft.data.dataset import text_problem
 from graft.errors import ConfigError, GraftError
 
 if TYPE_CHECKING:
@@ -433,14 +434,8 @@ def _parse_texts(body: bytearray, model: Model, limits: ServeLimits) -> list[str
 
 
 def _text_problem(i: int, text: str) -> str | None:
-    if not text.strip():
-        return f"input {i} is empty"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:  # JSON can carry "\ud800": a lone surrogate, no character at all
-        code = ord(text[exc.start])
-        return f"input {i} is not text: a lone surrogate \\u{code:04x} at character {exc.start}"
-    return None
+    problem = text_problem(text)
+    return None if problem is None else f"input {i} is {problem}"
 
 
 def _listed(problems: list[str], advice: str, shown: int = 10) -> str:

@@ -236,6 +236,20 @@ def leave_out_examples(
     return kept
 
 
+def text_problem(text: str, what: str = "text") -> str | None:
+    """What makes ``text`` unusable, or ``None``: empty, only invisible characters, or a lone surrogate
+    (JSON's ``"\\ud800"`` decodes to one: not a character, no tokenizer can read it)."""
+    if not text.strip():
+        return f"empty {what}"
+    if is_blank(text):
+        return f"empty {what}: only invisible characters {text[:20]!r} (zero-width or format)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"not {what}: a lone surrogate \\u{ord(text[exc.start]):04x} at character {exc.start}"
+    return None
+
+
 def is_blank(text: str) -> bool:
     """Whether ``text`` holds nothing to read: only whitespace, control characters and invisible format
     characters (Unicode category Cf: zero-width space and joiners, byte-order marks, soft hyphens)."""
@@ -443,12 +457,8 @@ def _example_problems(examples: list[Any], modality: str) -> list[tuple[int, str
     for i, example in enumerate(examples):
         if not isinstance(example, str):
             problems.append((i, f"{what} is {type(example).__name__} {example!r}, expected a string"))
-        elif not example.strip():
-            problems.append((i, f"empty {what}"))
-        elif is_blank(example):
-            problems.append(
-                (i, f"empty {what}: only invisible characters {example[:20]!r} (zero-width or format)")
-            )
+        elif (problem := text_problem(example, what)) is not None:
+            problems.append((i, problem))
     return problems
 
 

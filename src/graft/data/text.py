@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from graft.config import DataConfig
-from graft.data.dataset import SKIP_BAD_HINT, DataReport, Dataset, build_dataset, is_blank, leave_out
+from graft.data.dataset import (
+    SKIP_BAD_HINT,
+    DataReport,
+    Dataset,
+    build_dataset,
+    is_blank,
+    leave_out,
+    text_problem,
+)
 from graft.data.encodings import decode_bytes, emit_warnings
 from graft.data.formats import media_modality
 from graft.errors import ContractError, DataError, format_problems
@@ -602,6 +610,8 @@ def _check_texts(texts: list[Any], source: str, table: Table | None = None) -> N
             problems.append(
                 f"{where}: empty text" + (f" (only invisible characters {t[:20]!r})" if t.strip() else "")
             )
+        elif (problem := text_problem(t)) is not None:
+            problems.append(f"{where}: {problem}")
     if problems:
         raise ContractError(format_problems(f"{source}: this model takes text (modality 'text')", problems))
     _refuse_media(texts, source)
