@@ -21,6 +21,7 @@ from graft.errors import (
     DataError,
     GraftError,
     NotFittedError,
+    OutputError,
 )
 
 __version__ = "0.1.0"
@@ -61,5 +62,6 @@ __all__ = [
     "DataError",
     "GraftError",
     "NotFittedError",
+    "OutputError",
     *_LAZY,
 ]
