@@ -462,7 +462,7 @@ def fit(
             _say(progress, f"note: {trained.shipped_reason}")
         estimate = cross_validated if protocol.outer else held_out  # 6. the honest test estimate,
         t = time.perf_counter()
-        result, baselines = estimate(bench, protocol, choice, trained, t - t_start)
+        result, baselines = estimate(bench, protocol, choice, trained)
         bench.timings["evaluate"] = time.perf_counter() - t - bench.timings.get("baselines", 0.0)
         _say(progress, f"{result.split} ({result.n}): {result.headline()}")  # with baselines (7.)
         for line in [*comparison_sentences(result), *(f"note: {note}" for note in result.notes)]:

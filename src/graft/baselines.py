@@ -8,6 +8,9 @@ transfer bought.
   ``--strategy linear_probe``. When the shipped model *is* the probe, its predictions serve.
 * **scratch** (``--baselines all``; ``auto`` within :func:`scratch_budget`): the same network from
   random weights, trained with settings fit for training from scratch (see :func:`scratch_config`).
+  How long it trains, and under ``auto`` whether it trains at all, is decided from counted operations
+  (:meth:`Workbench.step_flops`), never from a timing: two identical runs train it alike on a fast and
+  on a loaded machine.
 
 Each trained baseline is scored on the test rows with intervals, and compared with the shipped model
 on the same rows (a paired interval of the difference). A skipped baseline is recorded with the
@@ -33,10 +36,11 @@ if TYPE_CHECKING:
 
 
 def baseline_predictions(
-    bench: Workbench, protocol: Protocol, choice: Choice, spent: float
+    bench: Workbench, protocol: Protocol, choice: Choice
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Train the requested baselines on ``protocol`` and predict its test rows: (predictions by
-    baseline, what was run or skipped and why). ``spent``: seconds the fit has taken so far."""
+    baseline, what was run or skipped and why). ``choice``: the recipe of the model they are compared
+    with (the scratch network's budget under ``auto`` is that recipe's cost)."""
     level = bench.cfg.evaluation.baselines
     record: dict[str, Any] = {"level": level}
     predictions: dict[str, np.ndarray] = {}
@@ -51,7 +55,7 @@ def baseline_predictions(
         bench.timings["baseline linear_probe"] = time.perf_counter() - t
     if level in ("auto", "all"):
         t_scratch = time.perf_counter()
-        scratch, record["scratch"] = _scratch(bench, protocol, level, spent)
+        scratch, record["scratch"] = _scratch(bench, protocol, choice, level)
         if scratch is not None:
             predictions["scratch"] = scratch
             bench.timings["baseline scratch"] = time.perf_counter() - t_scratch
@@ -100,6 +104,16 @@ def _train_and_predict(bench: Workbench, protocol: Protocol, strategy: str) -> n
 MIN_SCRATCH_EPOCHS = 3
 SCRATCH_MAX_EPOCHS = 30  # graft pretrain's default
 SCRATCH_MIN_SECONDS = 60.0
+# Floating-point operations per second of a reference machine, which turns counted operations into
+# "reference seconds": the 2-core CPU graft is developed on, where a training step (forward, backward,
+# AdamW) reached 16-24 GFLOP/s for MiniLM on SST-2 sentences, 12-14 for ResNet-20 on 32 px images and
+# 1 for the tests' 2-layer, 32-wide BERT (batches of 16 and 64, under load). 10 GFLOP/s keeps the
+# scratch rule's outcome on typical tasks where the timed rule it replaced put it (that rule added a
+# third to a timed step for validation and data loading), on the cautious side: a MiniLM epoch reads
+# ~1.5x, a ResNet-20 epoch ~1.2x what that rule measured here; tiny networks, dominated by per-step
+# overhead rather than arithmetic, read faster than they run.
+REFERENCE_FLOPS_PER_SECOND = 1e10
+REFERENCE = "on a reference 2-core CPU"
 
 
 def scratch_config(cfg: RunConfig, epochs: int) -> RunConfig:
@@ -121,16 +135,42 @@ def scratch_config(cfg: RunConfig, epochs: int) -> RunConfig:
     return dataclasses.replace(cfg, train=train, strategy=strategy)
 
 
-def scratch_budget(bench: Workbench, spent: float) -> float:
-    """Seconds the from-scratch network may train: the time the model itself took (at least a
-    minute), within ``--budget``. A 20-second probe fit does not grow into a 10-minute one by default;
-    a fine-tune's baseline gets what the fine-tune got."""
-    return min(bench.cfg.strategy.budget_seconds, max(SCRATCH_MIN_SECONDS, spent))
+def recipe_seconds(bench: Workbench, protocol: Protocol, choice: Choice) -> float:
+    """Reference seconds of the model's own recipe, from counted operations: a frozen backbone's one
+    forward pass over the rows it chooses on (the features; the probe fits on them in seconds); a
+    trained one's trainings as configured (one per fold, and the refit after k folds), each ``--epochs``
+    passes over the rows forward and backward (or the strategy's own amount of work, e.g. contrastive
+    steps). The same estimate on every machine, as :func:`graft.strategies.auto.expected_seconds`
+    makes it in measured seconds."""
+    strategy, data = choice.strategy, protocol.choose_on
+    flops = bench.step_flops(data)
+    if strategy.frozen_backbone:
+        return len(data) * flops.forward / REFERENCE_FLOPS_PER_SECOND
+    folds = min(len(protocol.folds), getattr(strategy, "max_folds", len(protocol.folds)))
+    trainings = folds + (1 if protocol.kfold else 0)
+    work = getattr(strategy, "examples_per_training", None)
+    examples = work(bench, len(data)) if work else bench.cfg.train.epochs * len(data)
+    cost = trainings * examples * flops.train * getattr(strategy, "relative_cost", 1.0)
+    return cost / REFERENCE_FLOPS_PER_SECOND
 
 
-def _scratch(bench: Workbench, protocol: Protocol, level: str, spent: float) -> tuple[np.ndarray | None, str]:
+def scratch_budget(bench: Workbench, protocol: Protocol, choice: Choice) -> float:
+    """Reference seconds the from-scratch network may train under ``--baselines auto``: what the
+    model's own recipe costs (:func:`recipe_seconds`; at least a minute), within ``--budget``. A
+    20-second probe fit does not grow into a 10-minute one by default; a fine-tune's baseline gets what
+    the fine-tune got. Both sides are counted operations, not timings: a loaded machine that makes the
+    model slower would otherwise change the baseline, and with it the report."""
+    return min(
+        bench.cfg.strategy.budget_seconds, max(SCRATCH_MIN_SECONDS, recipe_seconds(bench, protocol, choice))
+    )
+
+
+def _scratch(
+    bench: Workbench, protocol: Protocol, choice: Choice, level: str
+) -> tuple[np.ndarray | None, str]:
     """The same network from random weights, trained on the first fold's training part with early
-    stopping on its validation part, for as many epochs (<= 30) as fit :func:`scratch_budget`."""
+    stopping on its validation part, for as many epochs (<= 30) as fit :func:`scratch_budget` (under
+    ``all``: ``--budget``, at least 3), an epoch costing its counted operations."""
     from graft.recipe import Workbench
     from graft.strategies import get_strategy
     from graft.strategies.auto import duration_text
@@ -140,19 +180,22 @@ def _scratch(bench: Workbench, protocol: Protocol, level: str, spent: float) -> 
     data = protocol.choose_on
     train_idx, val_idx = protocol.folds[0]
     train, val = data.subset(train_idx), data.subset(val_idx)
-    per_epoch = len(train) * bench.train_seconds_per_example(train)
-    budget = scratch_budget(bench, spent) if level == "auto" else bench.cfg.strategy.budget_seconds
+    flops = bench.step_flops(data)
+    per_epoch = (len(train) * flops.train + len(val) * flops.forward) / REFERENCE_FLOPS_PER_SECOND
+    budget = scratch_budget(bench, protocol, choice) if level == "auto" else bench.cfg.strategy.budget_seconds
     epochs = min(SCRATCH_MAX_EPOCHS, int(budget // max(per_epoch, 1e-9)))
     if epochs < MIN_SCRATCH_EPOCHS:
         if level == "auto":
             return None, (
-                f"not trained: an epoch from scratch takes ~{duration_text(per_epoch)}; "
-                f"{MIN_SCRATCH_EPOCHS} do not fit in {duration_text(budget)} (the time the model took, at "
-                "least a minute, within --budget); --baselines all trains it anyway"
+                f"not trained: an epoch from scratch takes ~{duration_text(per_epoch)} {REFERENCE}; "
+                f"{MIN_SCRATCH_EPOCHS} do not fit in {duration_text(budget)} (what the model's own training "
+                "takes there, at least a minute, within --budget); --baselines all trains it anyway"
             )
         epochs = MIN_SCRATCH_EPOCHS
-    bench.say(f"baseline: the same network from scratch, up to {epochs} epochs on {len(train)} examples "
-              f"(early stopping on {len(val)}; expected <= {duration_text(epochs * per_epoch)})")  # fmt: skip
+    bench.say(
+        f"baseline: the same network from scratch, up to {epochs} epochs on {len(train)} examples (early "
+        f"stopping on {len(val)}; expected <= {duration_text(max(1.0, epochs * per_epoch))} {REFERENCE})"
+    )
     scratch = Workbench(
         bench.backbone.random_copy(bench.cfg.train.seed), scratch_config(bench.cfg, epochs), bench.task,
         bench.label_space, progress=bench.progress, metric=bench.metric_name,

@@ -350,7 +350,8 @@ class StrategyConfig:
         default="10m",
         metadata=_help(
             "wall-clock budget for auto's choice and the final training, e.g. 90s, 10m, 2h; candidates "
-            "whose expected cost does not fit are skipped (and said so)"
+            "whose expected cost does not fit are skipped (and said so); the from-scratch baseline's "
+            "budget in seconds of a reference 2-core CPU (counted operations, the same on every machine)"
         ),
     )
     contrastive_steps: int = field(
@@ -457,8 +458,8 @@ class EvalConfig:
         metadata=_help(
             "models trained beside yours on the same protocol, so the report shows what transfer bought: "
             "none (the prior only); cheap (+ the frozen linear probe); all (+ the same network from "
-            "scratch); auto: the scratch network too when 3 epochs of it fit in the time the model took "
-            "(at least a minute, within --budget)"
+            "scratch); auto: the scratch network too when 3 epochs of it fit in what the model's own "
+            "training costs (at least a minute, within --budget), both counted in operations, never timed"
         ),
     )
     target_precision: float | None = field(

@@ -86,18 +86,18 @@ def label_thresholds(
 
 
 def held_out(
-    bench: Workbench, protocol: Protocol, choice: Choice, trained: Trained, spent: float
+    bench: Workbench, protocol: Protocol, choice: Choice, trained: Trained
 ) -> tuple[EvaluationResult, dict[str, Any]]:
     """The shipped model and the baselines on the protocol's test rows: (result, baselines record)."""
     scored = score(bench, protocol, choice, trained, protocol.test)
     train_targets = protocol.final_data(trained.frozen_backbone)[0].targets
-    baselines, record = baseline_predictions(bench, protocol, choice, spent)
+    baselines, record = baseline_predictions(bench, protocol, choice)
     result = evaluate(bench, protocol, choice, trained, scored, protocol.test, train_targets, baselines)
     return result, record
 
 
 def cross_validated(
-    bench: Workbench, protocol: Protocol, choice: Choice, trained: Trained, spent: float
+    bench: Workbench, protocol: Protocol, choice: Choice, trained: Trained
 ) -> tuple[EvaluationResult, dict[str, Any]]:
     """The cross-validated estimate: per outer fold, the whole recipe (``choose`` included) and the
     baselines on the other folds, scoring this fold's rows; then one evaluation over every row. With
@@ -109,7 +109,7 @@ def cross_validated(
     shipped = temperature(bench, protocol, choice), label_thresholds(bench, protocol, choice, trained)
     for repeat, outer in enumerate(runs):
         label = f"repeat {repeat + 1} of {len(runs)}, " if len(runs) > 1 else ""
-        pooled, baselines, record = _one_pass(bench, protocol, outer, spent / k, label)
+        pooled, baselines, record = _one_pass(bench, protocol, outer, label)
         pooled.calibration, pooled.thresholds = shipped
         results.append(evaluate(bench, protocol, choice, trained, pooled, pool, pool.targets, baselines))
     result = results[0]
@@ -131,7 +131,7 @@ def repeat_note(repeats: dict[str, Any], metric: str) -> str:
 
 
 def _one_pass(
-    bench: Workbench, protocol: Protocol, outer: list[Any], spent: float, label: str
+    bench: Workbench, protocol: Protocol, outer: list[Any], label: str
 ) -> tuple[Scored, dict[str, np.ndarray], dict[str, Any]]:
     """Every pool row scored once, by the recipe trained on the other outer folds: (the pooled scores,
     the baselines' pooled predictions, what the baselines ran)."""
@@ -166,7 +166,7 @@ def _one_pass(
             if scored.cut is not None:  # each fold's rows are answered at that fold's thresholds
                 cut = np.full(after.shape, 0.5) if cut is None else cut
                 cut[test_idx] = scored.cut
-            preds, record = baseline_predictions(bench, inner, fold_choice, spent)
+            preds, record = baseline_predictions(bench, inner, fold_choice)
             for name, pred in preds.items():
                 baselines.setdefault(name, np.zeros((n, *pred.shape[1:]), dtype=pred.dtype))[test_idx] = pred
             chosen.append(fold_choice.strategy.name)

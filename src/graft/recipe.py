@@ -75,6 +75,15 @@ class Trained:
     shipped_reason: str | None = None
 
 
+@dataclass(frozen=True)
+class StepFlops:
+    """Floating-point operations per example of one network: ``forward`` (predicting, extracting
+    features) and ``train`` (a training step: forward + backward)."""
+
+    forward: float
+    train: float
+
+
 @dataclass
 class Selection:
     """A strategy's settings chosen on folds, with the evidence."""
@@ -142,6 +151,7 @@ class Workbench:
         self._matrix = torch.empty(0)
         self._checkpointing, self._tag, self._full_curves = False, None, False
         self._step_seconds: float | None = None
+        self._step_flops: StepFlops | None = None
 
     # -- messages ------------------------------------------------------------------------------
     def say(self, message: str) -> None:
@@ -263,22 +273,55 @@ class Workbench:
         the whole network on a few examples, plus a third for validation and data loading). With
         ``--batching by_length`` texts are timed at their mean length: such batches pad little."""
         if self._step_seconds is None:
-            n = min(16, len(data))
-            lengths = text_lengths(data) if self.cfg.train.batching == "by_length" else None
-            pick = list(range(n))
-            if lengths is not None:
-                mean = sum(lengths) / len(lengths)
-                pick = sorted(range(len(lengths)), key=lambda i: abs(lengths[i] - mean))[:n]
-            network = TaskModel(self.fresh_backbone(), self.new_head(data))
-            batch = network.backbone.preprocess([data.examples[i] for i in pick])
-            targets = torch.as_tensor(data.targets[pick])
+            network, batch, targets = self._step_batch(data)
             timings = []
             for _ in range(3):  # the first step pays for lazy initialisation; the fastest is the cost
                 t = time.perf_counter()
                 network.head.loss(network(batch), targets).backward()
                 timings.append(time.perf_counter() - t)
-            self._step_seconds = 1.33 * min(timings[1:]) / n
+            self._step_seconds = 1.33 * min(timings[1:]) / len(targets)
         return self._step_seconds
+
+    def step_flops(self, data: Dataset) -> StepFlops:
+        """Floating-point operations one example costs the whole network (backbone + head): the forward
+        pass counted by torch's ``FlopCounterMode`` on the examples :meth:`train_seconds_per_example`
+        times, a training step taken as three forwards. A count, not a timing: the same on a fast and
+        on a loaded machine. Counted once per workbench.
+
+        The count is made kernel-independent: attention through its math path (the fused CPU kernel
+        counts nothing), an LSTM by its matrix products (:func:`_lstm_layer_flops`). Backward is not
+        counted: torch counts a grouped convolution's backward as a dense one (35x the forward on
+        MobileNetV3), and the gradients of inputs and of weights each cost about a forward."""
+        if self._step_flops is None:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+            from torch.utils.flop_counter import FlopCounterMode
+
+            network, batch, targets = self._step_batch(data)
+            network.to("cpu")  # the bench's backbone may sit on a GPU: count the CPU kernels everywhere
+            lstm = {torch.ops.aten.mkldnn_rnn_layer: _lstm_layer_flops}
+            with FlopCounterMode(display=False, custom_mapping=lstm) as counter, sdpa_kernel(SDPBackend.MATH):
+                network.head.loss(network(batch), targets)
+            forward = counter.get_total_flops() / len(targets)
+            n_params = sum(p.numel() for p in network.parameters())
+            if forward < n_params:
+                # an operation torch has no formula for counted nothing: take each parameter as one
+                # multiply-add per example, as in a network without weight sharing
+                forward = 2.0 * n_params
+            self._step_flops = StepFlops(forward=forward, train=3.0 * forward)
+        return self._step_flops
+
+    def _step_batch(self, data: Dataset) -> tuple[TaskModel, dict[str, torch.Tensor], torch.Tensor]:
+        """A fresh network and a batch of up to 16 of ``data``'s examples (by ``--batching by_length``:
+        those nearest the mean length) with their targets: one training step to time or to count."""
+        n = min(16, len(data))
+        lengths = text_lengths(data) if self.cfg.train.batching == "by_length" else None
+        pick = list(range(n))
+        if lengths is not None:
+            mean = sum(lengths) / len(lengths)
+            pick = sorted(range(len(lengths)), key=lambda i: abs(lengths[i] - mean))[:n]
+        network = TaskModel(self.fresh_backbone(), self.new_head(data))
+        batch = network.backbone.preprocess([data.examples[i] for i in pick])
+        return network, batch, torch.as_tensor(data.targets[pick])
 
     def activated(self, trained: Trained, data: Dataset, desc: str = "scoring test set") -> np.ndarray:
         """Activated outputs of a trained model on ``data``: class probabilities, label probabilities
@@ -530,6 +573,14 @@ def text_lengths(ds: Dataset) -> list[int] | None:
     """Each text's length in characters (the engine batches similar lengths together); ``None`` for
     files, whose batches are all one shape."""
     return [len(x) for x in ds.examples] if ds.modality == "text" else None
+
+
+def _lstm_layer_flops(x_shape: Any, w_ih: Any, w_hh: Any, *args: Any, **kwargs: Any) -> int:
+    """FLOPs of one LSTM layer in torch's fused CPU kernel (``mkldnn_rnn_layer``, which
+    ``FlopCounterMode`` does not count): at every step of every sequence, the products of the input
+    and of the hidden state with the four gates' weights."""
+    steps = math.prod(x_shape[:-1])
+    return 2 * steps * (math.prod(w_ih) + math.prod(w_hh))
 
 
 class PairCollate:
