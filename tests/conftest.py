@@ -128,3 +128,17 @@ def make_image_folder(root: Path, n_per_class: int = 12, size: int = 16, seed: i
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "images")
+
+
+def killed_then_resumed(script: str, *args: str, folder: Path) -> None:
+    """Run ``python -c script *args kill`` (it must end with ``os._exit(137)`` mid-training, before any
+    bundle is written), then ``... resume`` in a new process, which must succeed."""
+    import subprocess
+    import sys
+
+    run = [sys.executable, "-c", script, *args]
+    killed = subprocess.run([*run, "kill"], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 137, killed.stderr
+    assert not (folder / "bundle").exists()
+    resumed = subprocess.run([*run, "resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr

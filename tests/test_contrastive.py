@@ -8,8 +8,6 @@ import csv
 import itertools
 import json
 import math
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -27,7 +25,7 @@ from graft.errors import ConfigError, DataError, GraftError
 from graft.recipe import Workbench
 from graft.serialization import load_tensors
 from graft.strategies import get_strategy
-from tests.conftest import make_sentiment
+from tests.conftest import killed_then_resumed, make_sentiment
 
 
 def naive_supcon(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -368,10 +366,5 @@ fit(sys.argv[1], backbone=sys.argv[2], config=cfg, out=sys.argv[3], progress=Fal
 @pytest.mark.slow
 def test_a_contrastive_fit_resumes_in_a_new_process_after_a_kill(tiny_source, uninterrupted, tmp_path):
     data, expected = uninterrupted
-    run = [sys.executable, "-c", KILLED_RUN, str(data), tiny_source, str(tmp_path / "b")]
-    killed = subprocess.run([*run, "kill"], capture_output=True, text=True, timeout=300)
-    assert killed.returncode == 137, killed.stderr
-    assert not (tmp_path / "b" / "bundle").exists()
-    resumed = subprocess.run([*run, "resume"], capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
+    killed_then_resumed(KILLED_RUN, str(data), tiny_source, str(tmp_path / "b"), folder=tmp_path / "b")
     _assert_same_weights(tmp_path / "b" / "bundle", expected)

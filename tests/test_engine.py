@@ -10,6 +10,7 @@ from graft.config import DataConfig, EvalConfig, RunConfig, StrategyConfig, Trai
 from graft.engine import Callback, Engine, LengthGroupedShuffle, resolve_precision
 from graft.errors import ConfigError
 from graft.serialization import load_tensors
+from tests.conftest import killed_then_resumed
 
 
 class Interrupt(Callback):
@@ -128,17 +129,12 @@ def test_resume_in_a_new_process_after_a_kill(tiny_source, sentiment_csv, tmp_pa
     """The order of every epoch is a function of (seed, epoch): a new process resuming after a kill
     (where Accelerate's own epoch counter starts again at 0) trains exactly as the uninterrupted run.
     Here the killed training is the refit after a k-fold choice: the folds are chosen again, the same."""
-    import subprocess
-    import sys
 
     cfg = _config(folds=2)
     straight = fit(sentiment_csv, backbone=tiny_source, config=cfg, out=tmp_path / "a", progress=False)
-    run = [sys.executable, "-c", KILLED_RUN, str(sentiment_csv), tiny_source, str(tmp_path / "b")]
-    killed = subprocess.run([*run, "kill"], capture_output=True, text=True, timeout=300)
-    assert killed.returncode == 137, killed.stderr
-    assert not (tmp_path / "b" / "bundle").exists()
-    resumed = subprocess.run([*run, "resume"], capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
+    killed_then_resumed(
+        KILLED_RUN, str(sentiment_csv), tiny_source, str(tmp_path / "b"), folder=tmp_path / "b"
+    )
     b = load_tensors(tmp_path / "b" / "bundle" / "model.safetensors")
     a = _weights(straight)
     assert set(a) == set(b)
