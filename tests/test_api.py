@@ -245,7 +245,7 @@ def test_target_precision_is_refused_where_it_cannot_apply(tiny_source):
     with pytest.raises(graft.ConfigError, match="applies to multiclass"):
         graft.fit(texts, labels=[i + 0.5 for i in range(16)], task="regression", backbone=tiny_source,
                   config=cfg, progress=False)  # fmt: skip
-    with pytest.raises(graft.ConfigError, match="between 0 and 1"):
+    with pytest.raises(graft.ConfigError, match=r"target_precision must be a number in \(0, 1\)"):
         graft.EvalConfig(target_precision=1.5)
 
 

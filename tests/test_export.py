@@ -35,7 +35,7 @@ def test_text_export_matches_predict_proba_with_any_batch_and_length(text_model,
     out = tmp_path / "model.onnx"
     result = export_onnx(text_model, out)
     assert result.max_difference < 1e-4 and out.is_file()
-    texts = ["great film", "an awful, awful and boring film that went on for far too long", "fine"]
+    texts = ["great film", "an awful, awful and boring film that went on for far too long", "fun"]
     np.testing.assert_allclose(
         _onnx_proba(out, text_model, texts), text_model.predict_proba(texts), atol=1e-4
     )
@@ -73,8 +73,10 @@ def test_cli_export(text_model, tmp_path, capsys):
     bundle = tmp_path / "run"
     assert main(["export", str(bundle), "--out", str(tmp_path / "m.onnx"), "--json", "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["max_difference"] < 1e-4
+    with pytest.raises(SystemExit) as refused:  # the user's value: exit 2 before any work (issue 19)
+        main(["export", str(bundle), "--out", str(tmp_path / "x.onnx"), "--tolerance", "-1", "--json"])
+    assert refused.value.code == 2 and not any(tmp_path.glob("x*"))
     assert (
-        main(["export", str(bundle), "--out", str(tmp_path / "x.onnx"), "--tolerance", "-1", "--json"]) == 1
+        "--tolerance: must be a number from 0 to 1" in json.loads(capsys.readouterr().out)["error"]["message"]
     )
-    assert json.loads(capsys.readouterr().out)["error"]["type"] == "ExportError"
     assert main(["export", str(tmp_path / "missing"), "--out", str(tmp_path / "y.onnx")]) == 2
