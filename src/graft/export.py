@@ -105,8 +105,10 @@ def export_onnx(
     replace files graft did not write there."""
     import copy
 
+    from graft.config import Bounds
     from graft.serialization import atomic_outputs
 
+    Bounds(0, 1).check("tolerance", tolerance)
     claim_export(out, overwrite=overwrite)
     paths = export_paths(out)
     plain = copy.deepcopy(model)

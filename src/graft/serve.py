@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Request  # module level: FastAPI resolves the endpoint's annotations here
 
+from graft.config import AT_LEAST_1
 from graft.data.dataset import text_problem
 from graft.errors import ConfigError, GraftError
 
@@ -76,10 +77,8 @@ class ServeLimits:
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if value is None and name == "max_body":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+            if value is not None or name != "max_body":
+                AT_LEAST_1.check(f"--{name.replace('_', '-')}", value)
         if self.max_queue < self.max_inputs:
             raise ConfigError(
                 f"--max-queue ({self.max_queue}) is smaller than --max-inputs ({self.max_inputs}): a "
@@ -307,9 +306,8 @@ def _release_memory() -> None:
 
 def check_scoring(max_batch: int, threads: int) -> None:
     """Refuse scoring options that cannot work (ConfigError naming the option)."""
-    for name, value in (("max-batch", max_batch), ("threads", threads)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"--{name} must be a positive integer, got {value!r}")
+    AT_LEAST_1.check("--max-batch", max_batch)
+    AT_LEAST_1.check("--threads", threads)
 
 
 def create_app(
