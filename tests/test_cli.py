@@ -449,6 +449,7 @@ def test_texts_the_backbone_cannot_read_are_bad_rows_and_refused_inputs(
     assert main([*fit, "--skip-bad", "--overwrite", "--quiet", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert "skipped 1 rows the backbone cannot read (--skip-bad): see skipped" in summary["warnings"]
+    assert summary["n_test"] == 80  # the estimate's rows are the 80 left, not the 81 read
 
     inputs = tmp_path / "new.txt"
     inputs.write_text("the movie was great\n\U0001f600\n", encoding="utf-8")

@@ -45,7 +45,7 @@ from graft.evaluation.outputs import decode_outputs, head_outputs, score_outputs
 from graft.evaluation.report import comparison_sentences, cost_sentence, leakage_sentences
 from graft.features import FeatureCache, extract_features
 from graft.heads import TaskModel
-from graft.protocols import make_protocol
+from graft.protocols import Protocol, make_protocol
 from graft.recipe import Workbench, strategy_record, train_final
 from graft.runs import RunFolder, check_run_flags, open_run
 from graft.strategies.auto import choose
@@ -438,12 +438,7 @@ def fit(
     check_run_flags(out, resume=resume, overwrite=overwrite)
     run_data = _read_run_data(data, cfg, labels, val, test, given_backbone, progress)  # 1. read, check names
     run_data.t_start = t_start
-    # 2. the protocol, from the data alone: a split the data cannot give fails before a folder is written
-    protocol = make_protocol(
-        run_data.source, val=run_data.val, test=run_data.test, folds=cfg.data.folds, seed=cfg.train.seed,
-        val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
-        estimate=cfg.data.estimate, repeats=cfg.data.repeats,
-    )  # fmt: skip
+    protocol = _protocol(run_data)  # 2. a split the data cannot give fails before a folder is written
     reads = _paths_read(data, run_data.cfg)
     with open_run(
         out, run_data.cfg, run_data.fingerprint, resume=resume, overwrite=overwrite, reads=reads
@@ -452,6 +447,8 @@ def fit(
             _say(progress, f"run in {out} is already complete; loading its bundle")
             return load(run.bundle)
         bench = _workbench(run_data, given_backbone, run, progress, callbacks)  # 3. backbone, contract check
+        if _leave_out_unreadable(run_data, bench.backbone, progress):
+            protocol = _protocol(run_data)  # the splits of the rows that are left
         _say(progress, f"protocol: {protocol.description}")
         for line in leakage_sentences(protocol.leakage):
             _say(progress, f"leakage check: {line}")
@@ -608,16 +605,34 @@ def _workbench(
             progress, f"note: {truncated} texts are longer than {bb.max_length} tokens and will be truncated"
         )
     run_data.truncated = truncated
-    for name, minimum in (("source", 2), ("val", 0), ("test", 0)):  # texts the tokenizer finds nothing in
+    return bench
+
+
+def _leave_out_unreadable(run_data: _RunData, bb: Backbone, progress: bool) -> bool:
+    """Texts the backbone's tokenizer finds nothing in, refused (or left out with ``--skip-bad``) in
+    the training, validation and test data; whether any row was left out."""
+    changed = False
+    for name, minimum in (("source", 2), ("val", 0), ("test", 0)):
         ds = getattr(run_data, name)
         if ds is None:
             continue
-        kept = leave_out_examples(ds, bb.unreadable(ds.examples), skip_bad=cfg.data.skip_bad,
+        kept = leave_out_examples(ds, bb.unreadable(ds.examples), skip_bad=run_data.cfg.data.skip_bad,
                                   min_per_class=minimum)  # fmt: skip
         if kept is not ds:
             _say(progress, f"warning: {ds.source}: {ds.report.warnings[-1]}")
-        setattr(run_data, name, kept)
-    return bench
+            setattr(run_data, name, kept)
+            changed = True
+    return changed
+
+
+def _protocol(run_data: _RunData) -> Protocol:
+    """Step 2 of :func:`fit`: the test split, the folds or the validation hold-out, from the data alone."""
+    data = run_data.cfg.data
+    return make_protocol(
+        run_data.source, val=run_data.val, test=run_data.test, folds=data.folds, seed=run_data.cfg.train.seed,
+        val_fraction=data.val_fraction, test_fraction=data.test_fraction, estimate=data.estimate,
+        repeats=data.repeats,
+    )  # fmt: skip
 
 
 def _finish(run_data, bench, protocol, choice, trained, result, run, progress, baselines) -> Model:
